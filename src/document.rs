@@ -1,0 +1,975 @@
+//! A cloud.cfg document: its meaning as cloud-init reads it, and where every
+//! node sits in the text.
+//!
+//! cloud-init loads its configuration with PyYAML's `safe_load`, which speaks
+//! YAML 1.1: `yes`, `no`, `on` and `off` are booleans, `0644` is octal, `~` is
+//! null. Parsers of YAML 1.2 read those as strings, so we take only the event
+//! stream (syntax is the same in both) from `saphyr-parser` and resolve
+//! scalars ourselves, the way PyYAML's resolver does. Every node keeps its byte
+//! span so that the editor can change exactly the text it must and nothing else.
+
+use std::fmt;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Tag};
+
+/// The meaning of a YAML node, as PyYAML's `safe_load` would build it.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(String),
+    /// A YAML 1.1 timestamp; kept as its text (we never compute with dates).
+    Timestamp(String),
+    Seq(Vec<Value>),
+    /// Keys in first-seen order; a duplicated key keeps its first position and
+    /// its last value, as a Python dict built by PyYAML does.
+    Map(Vec<(Value, Value)>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits() || a == b,
+            (Value::Str(a), Value::Str(b)) => a == b,
+            (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
+            (Value::Seq(a), Value::Seq(b)) => a == b,
+            // A mapping's meaning does not depend on key order.
+            (Value::Map(a), Value::Map(b)) => {
+                a.len() == b.len()
+                    && a.iter().all(|(k, v)| {
+                        b.iter()
+                            .find(|(k2, _)| k2 == k)
+                            .is_some_and(|(_, v2)| v2 == v)
+                    })
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&Vec<(Value, Value)>> {
+        match self {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The value under a string key of a mapping.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        match self {
+            Value::Map(m) => m
+                .iter_mut()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Inserts or replaces a string key, keeping the position of an existing key.
+    pub fn insert(&mut self, key: &str, value: Value) {
+        if let Value::Map(m) = self {
+            if let Some(slot) = m.iter_mut().find(|(k, _)| k.as_str() == Some(key)) {
+                slot.1 = value;
+            } else {
+                m.push((Value::Str(key.to_string()), value));
+            }
+        }
+    }
+
+    /// cloud-init's `util.translate_bool`: how it reads a setting such as
+    /// `preserve_hostname`. `None` when the value is neither clearly true nor
+    /// clearly false (for example `manage_etc_hosts: localhost`).
+    pub fn cloud_init_bool(&self) -> Option<bool> {
+        match self {
+            Value::Null => Some(false),
+            Value::Bool(b) => Some(*b),
+            Value::Int(i) => match i {
+                0 => Some(false),
+                1 => Some(true),
+                _ => None,
+            },
+            Value::Str(s) => {
+                let s = s.trim().to_ascii_lowercase();
+                if ["true", "1", "on", "yes", "y"].contains(&s.as_str()) {
+                    Some(true)
+                } else if ["false", "0", "off", "no", "n", ""].contains(&s.as_str()) {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The value as JSON, for reports. Non-string keys are written as their
+    /// YAML text.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => i64::try_from(*i)
+                .map(J::from)
+                .unwrap_or_else(|_| J::String(i.to_string())),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or_else(|| J::String(f.to_string())),
+            Value::Str(s) | Value::Timestamp(s) => J::String(s.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Value::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.to_yaml_inline(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A one-line YAML rendering, for messages and for the text we insert.
+    pub fn to_yaml_inline(&self) -> String {
+        match self {
+            Value::Null => "null".to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Timestamp(s) => s.clone(),
+            Value::Str(s) => render_str(s),
+            Value::Seq(items) => format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(Value::to_yaml_inline)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Value::Map(entries) => format!(
+                "{{{}}}",
+                entries
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", k.to_yaml_inline(), v.to_yaml_inline()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_yaml_inline())
+    }
+}
+
+/// A string as YAML text: plain when it would read back as the same string,
+/// single-quoted otherwise.
+fn render_str(s: &str) -> String {
+    let plain_safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+        && !s.starts_with(['-', '.'])
+        && matches!(resolve_plain(s), Value::Str(_));
+    if plain_safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+/// Resolves a plain (unquoted, untagged) scalar the way PyYAML's YAML 1.1
+/// resolver does (`yaml/resolver.py`, implicit resolvers of `Resolver`).
+pub fn resolve_plain(s: &str) -> Value {
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => {
+            return Value::Bool(true);
+        }
+        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
+            return Value::Bool(false);
+        }
+        _ => {}
+    }
+    if let Some(i) = parse_yaml11_int(s) {
+        return Value::Int(i);
+    }
+    if let Some(f) = parse_yaml11_float(s) {
+        return Value::Float(f);
+    }
+    if is_yaml11_timestamp(s) {
+        return Value::Timestamp(s.to_string());
+    }
+    Value::Str(s.to_string())
+}
+
+fn split_sign(s: &str) -> (i128, &str) {
+    if let Some(rest) = s.strip_prefix('-') {
+        (-1, rest)
+    } else if let Some(rest) = s.strip_prefix('+') {
+        (1, rest)
+    } else {
+        (1, s)
+    }
+}
+
+fn digits_in(s: &str, radix: u32) -> bool {
+    !s.is_empty() && s.chars().all(|c| c == '_' || c.is_digit(radix))
+}
+
+fn parse_radix(s: &str, radix: u32) -> Option<i128> {
+    let cleaned: String = s.chars().filter(|&c| c != '_').collect();
+    if cleaned.is_empty() {
+        return Some(0);
+    }
+    i128::from_str_radix(&cleaned, radix).ok()
+}
+
+/// `int` of YAML 1.1: binary, octal (leading 0), decimal, hex and base 60.
+fn parse_yaml11_int(s: &str) -> Option<i128> {
+    let (sign, body) = split_sign(s);
+    let magnitude = if let Some(bin) = body.strip_prefix("0b") {
+        if !digits_in(bin, 2) {
+            return None;
+        }
+        parse_radix(bin, 2)?
+    } else if let Some(hex) = body.strip_prefix("0x") {
+        if !digits_in(hex, 16) {
+            return None;
+        }
+        parse_radix(hex, 16)?
+    } else if body == "0" {
+        0
+    } else if body.len() > 1 && body.starts_with('0') {
+        if !digits_in(&body[1..], 8) {
+            return None;
+        }
+        parse_radix(&body[1..], 8)?
+    } else if body.starts_with(|c: char| ('1'..='9').contains(&c)) && digits_in(body, 10) {
+        parse_radix(body, 10)?
+    } else if body.contains(':') && body.starts_with(|c: char| ('1'..='9').contains(&c)) {
+        // Sexagesimal: 190:20:30.
+        let mut parts = body.split(':');
+        let first = parts.next()?;
+        if !digits_in(first, 10) {
+            return None;
+        }
+        let mut total = parse_radix(first, 10)?;
+        for part in parts {
+            if part.is_empty() || part.len() > 2 || !part.chars().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            let n: i128 = part.parse().ok()?;
+            if n > 59 {
+                return None;
+            }
+            total = total * 60 + n;
+        }
+        total
+    } else {
+        return None;
+    };
+    Some(sign * magnitude)
+}
+
+/// `float` of YAML 1.1 (PyYAML requires a dot; `1e3` is a string there).
+fn parse_yaml11_float(s: &str) -> Option<f64> {
+    let (sign, body) = split_sign(s);
+    let sign = sign as f64;
+    match body {
+        ".inf" | ".Inf" | ".INF" => return Some(sign * f64::INFINITY),
+        ".nan" | ".NaN" | ".NAN" if sign > 0.0 && !s.starts_with('+') => return Some(f64::NAN),
+        _ => {}
+    }
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    if let Some(exp) = exponent {
+        let (_, digits) = exp.split_at(1.min(exp.len()));
+        if !(exp.starts_with(['+', '-']) && !digits.is_empty())
+            || !digits.chars().all(|c| c.is_ascii_digit())
+        {
+            return None;
+        }
+    }
+    let (int_part, frac_part) = mantissa.split_once('.')?;
+    if !frac_part.chars().all(|c| c.is_ascii_digit() || c == '_') {
+        return None;
+    }
+    if int_part.is_empty() {
+        if frac_part.is_empty() || exponent.is_some() && frac_part.is_empty() {
+            return None;
+        }
+    } else if int_part.contains(':') {
+        if exponent.is_some() {
+            return None;
+        }
+        let whole = parse_yaml11_int(int_part)? as f64;
+        let frac: String = frac_part.chars().filter(|&c| c != '_').collect();
+        let frac: f64 = format!("0.{frac}").parse().ok()?;
+        return Some(sign * (whole + frac));
+    } else if !int_part.starts_with(|c: char| c.is_ascii_digit())
+        || !int_part.chars().all(|c| c.is_ascii_digit() || c == '_')
+    {
+        return None;
+    }
+    let cleaned: String = body.chars().filter(|&c| c != '_').collect();
+    let cleaned = if cleaned.ends_with('.') {
+        format!("{cleaned}0")
+    } else {
+        cleaned
+    };
+    cleaned.parse::<f64>().ok().map(|f| sign * f)
+}
+
+/// `timestamp` of YAML 1.1: 2001-12-14, or with a time part.
+fn is_yaml11_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    if b.len() < 8 || !digits(0..4) || b[4] != b'-' {
+        return false;
+    }
+    // Date only: YYYY-MM-DD exactly.
+    if b.len() == 10 {
+        return digits(5..7) && b[7] == b'-' && digits(8..10);
+    }
+    // With time: YYYY-M(M)-D(D)(T|t|space)...; PyYAML accepts one-digit
+    // month and day there. A rough check is enough: we never compute dates.
+    let rest = &s[5..];
+    let mut parts = rest.splitn(2, '-');
+    let month = parts.next().unwrap_or("");
+    let day_and_time = parts.next().unwrap_or("");
+    let day: String = day_and_time
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let after = &day_and_time[day.len()..];
+    (1..=2).contains(&month.len())
+        && month.chars().all(|c| c.is_ascii_digit())
+        && (1..=2).contains(&day.len())
+        && after.starts_with(['T', 't', ' ', '\t'])
+        && after[1..]
+            .trim_start()
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+        && after.contains(':')
+}
+
+/// Byte range `start..end` of a node's text. For scalars `end` is the end of
+/// the scalar's own text (no trailing blanks); for collections it is the end
+/// of their last content (`]`, `}`, or the last child).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Plain,
+    Quoted,
+    /// Literal `|` or folded `>` block scalar.
+    Block,
+}
+
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    Scalar {
+        value: Value,
+        style: Style,
+    },
+    Seq {
+        items: Vec<Node>,
+        flow: bool,
+    },
+    Map {
+        entries: Vec<(Node, Node)>,
+        flow: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub kind: NodeKind,
+    pub span: Span,
+    /// 1-based line of the node's first character.
+    pub line: usize,
+    /// True for a node reached through an alias (`*name`): its spans belong to
+    /// the anchored node elsewhere, so the editor must not edit through it.
+    pub from_alias: bool,
+}
+
+impl Node {
+    /// The node's meaning, with `<<` merge keys applied and duplicate keys
+    /// resolved as PyYAML does (last one wins).
+    pub fn to_value(&self) -> Value {
+        match &self.kind {
+            NodeKind::Scalar { value, .. } => value.clone(),
+            NodeKind::Seq { items, .. } => Value::Seq(items.iter().map(Node::to_value).collect()),
+            NodeKind::Map { entries, .. } => {
+                let mut merged: Vec<(Value, Value)> = Vec::new();
+                let mut explicit: Vec<(Value, Value)> = Vec::new();
+                for (k, v) in entries {
+                    if k.is_merge_key() {
+                        // PyYAML's flatten_mapping: merged keys come first,
+                        // explicit keys win over them.
+                        let sources = match v.to_value() {
+                            Value::Seq(items) => items,
+                            other => vec![other],
+                        };
+                        for source in sources {
+                            if let Value::Map(m) = source {
+                                for (mk, mv) in m {
+                                    if !merged.iter().any(|(k2, _)| *k2 == mk) {
+                                        merged.push((mk, mv));
+                                    }
+                                }
+                            }
+                        }
+                    } else {
+                        insert_last_wins(&mut explicit, k.to_value(), v.to_value());
+                    }
+                }
+                for (k, v) in explicit {
+                    insert_last_wins(&mut merged, k, v);
+                }
+                Value::Map(merged)
+            }
+        }
+    }
+
+    fn is_merge_key(&self) -> bool {
+        matches!(&self.kind, NodeKind::Scalar { value: Value::Str(s), style: Style::Plain } if s == "<<")
+    }
+
+    /// The scalar's meaning as a string key, if it is one.
+    pub fn key_str(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Scalar {
+                value: Value::Str(s),
+                ..
+            } => Some(s),
+            _ => None,
+        }
+    }
+
+    /// All values under `key` in this mapping, in text order (several when
+    /// the key is duplicated).
+    pub fn entries_for<'a>(&'a self, key: &'a str) -> impl Iterator<Item = (&'a Node, &'a Node)> {
+        let entries: &[(Node, Node)] = match &self.kind {
+            NodeKind::Map { entries, .. } => entries,
+            _ => &[],
+        };
+        entries
+            .iter()
+            .filter(move |(k, _)| k.key_str() == Some(key))
+            .map(|(k, v)| (k, v))
+    }
+
+    /// The value under `key` that PyYAML keeps (the last one).
+    pub fn get<'a>(&'a self, key: &'a str) -> Option<(&'a Node, &'a Node)> {
+        self.entries_for(key).last()
+    }
+}
+
+fn insert_last_wins(map: &mut Vec<(Value, Value)>, key: Value, value: Value) {
+    if let Some(slot) = map.iter_mut().find(|(k, _)| *k == key) {
+        slot.1 = value;
+    } else {
+        map.push((key, value));
+    }
+}
+
+/// A parsed document. `root` is `None` for a document with no content (only
+/// comments, or empty), which cloud-init reads as an empty configuration.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub root: Option<Node>,
+}
+
+impl Document {
+    /// The document's meaning: an empty mapping when it has no content.
+    pub fn to_value(&self) -> Value {
+        self.root
+            .as_ref()
+            .map(Node::to_value)
+            .unwrap_or(Value::Map(Vec::new()))
+    }
+}
+
+/// Why a text is not a cloud.cfg we can work on. `line` and `column` are
+/// 1-based; they are absent where the problem is the whole file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "line {l} column {c}: {}", self.message),
+            (Some(l), None) => write!(f, "line {l}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+fn error_at(line: usize, col0: usize, message: impl Into<String>) -> ParseError {
+    ParseError {
+        line: Some(line),
+        column: Some(col0 + 1),
+        message: message.into(),
+    }
+}
+
+/// Parses a cloud.cfg text. Refuses what cloud-init would not read as a
+/// configuration: Jinja templates, invalid YAML, several documents, and a
+/// top level that is not a mapping.
+pub fn parse(text: &str) -> Result<Document, ParseError> {
+    if let Some(first) = text.lines().next()
+        && first.trim_end().eq_ignore_ascii_case("## template:jinja")
+    {
+        return Err(ParseError {
+            line: Some(1),
+            column: Some(1),
+            message: "this is a Jinja template (`## template:jinja`), not a cloud.cfg: \
+                      edit the rendered /etc/cloud/cloud.cfg, or render the template first"
+                .to_string(),
+        });
+    }
+    let doc = Loader::new(text).load()?;
+    if let Some(root) = &doc.root
+        && !matches!(root.kind, NodeKind::Map { .. })
+    {
+        let what = match root.kind {
+            NodeKind::Seq { .. } => "a list",
+            _ => "a single value",
+        };
+        return Err(error_at(
+            root.line,
+            0,
+            format!(
+                "the top level is {what}, not a mapping of settings (cloud-init would ignore this file)"
+            ),
+        ));
+    }
+    Ok(doc)
+}
+
+struct Loader<'a> {
+    text: &'a str,
+    parser: Parser<'a, saphyr_parser::StrInput<'a>>,
+    /// Byte offset of each char index (plus one past the end), because the
+    /// parser's markers count characters.
+    byte_of_char: Vec<usize>,
+    anchors: Vec<Option<Node>>,
+}
+
+type Marker = saphyr_parser::Marker;
+
+impl<'a> Loader<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut byte_of_char: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
+        byte_of_char.push(text.len());
+        Loader {
+            text,
+            parser: Parser::new_from_str(text),
+            byte_of_char,
+            anchors: Vec::new(),
+        }
+    }
+
+    fn byte(&self, m: &Marker) -> usize {
+        self.byte_of_char
+            .get(m.index())
+            .copied()
+            .unwrap_or(self.text.len())
+    }
+
+    fn next(&mut self) -> Result<(Event<'a>, saphyr_parser::Span), ParseError> {
+        match self.parser.next_event() {
+            Some(Ok(ev)) => Ok(ev),
+            Some(Err(e)) => Err(error_at(
+                e.marker().line(),
+                e.marker().col(),
+                e.info().to_string(),
+            )),
+            None => Err(ParseError {
+                line: None,
+                column: None,
+                message: "unexpected end of YAML".to_string(),
+            }),
+        }
+    }
+
+    fn load(mut self) -> Result<Document, ParseError> {
+        let mut root = None;
+        let mut documents = 0;
+        loop {
+            let (event, span) = self.next()?;
+            match event {
+                Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
+                Event::StreamEnd => break,
+                Event::DocumentStart(_) => {
+                    documents += 1;
+                    if documents > 1 {
+                        return Err(error_at(
+                            span.start.line(),
+                            span.start.col(),
+                            "a second YAML document starts here; cloud-init reads a cloud.cfg as exactly one document",
+                        ));
+                    }
+                }
+                other => {
+                    root = Some(self.node(other, span)?);
+                }
+            }
+        }
+        Ok(Document { root })
+    }
+
+    fn node(&mut self, event: Event<'a>, span: saphyr_parser::Span) -> Result<Node, ParseError> {
+        let start = self.byte(&span.start);
+        let line = span.start.line();
+        match event {
+            Event::Scalar(text, style, anchor, tag) => {
+                let end = self.byte(&span.end).max(start);
+                // The parser's span may run over trailing blanks; our spans end
+                // at the scalar's last character.
+                let trimmed = self.text[start..end].trim_end_matches([' ', '\t', '\r', '\n']);
+                let value = resolve_scalar(&text, style, tag.as_deref())
+                    .map_err(|m| error_at(line, span.start.col(), m))?;
+                let node = Node {
+                    kind: NodeKind::Scalar {
+                        value,
+                        style: match style {
+                            ScalarStyle::Plain => Style::Plain,
+                            ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => Style::Quoted,
+                            _ => Style::Block,
+                        },
+                    },
+                    span: Span {
+                        start,
+                        end: start + trimmed.len(),
+                    },
+                    line,
+                    from_alias: false,
+                };
+                self.remember(anchor, &node);
+                Ok(node)
+            }
+            Event::SequenceStart(anchor, tag) => {
+                check_collection_tag(tag.as_deref(), "seq")
+                    .map_err(|m| error_at(line, span.start.col(), m))?;
+                let flow = self.text[start..].starts_with('[');
+                let mut items = Vec::new();
+                let end;
+                loop {
+                    let (ev, sp) = self.next()?;
+                    if let Event::SequenceEnd = ev {
+                        end = if flow {
+                            self.byte(&sp.start) + 1
+                        } else {
+                            content_end(start, &items)
+                        };
+                        break;
+                    }
+                    items.push(self.node(ev, sp)?);
+                }
+                let node = Node {
+                    kind: NodeKind::Seq { items, flow },
+                    span: Span { start, end },
+                    line,
+                    from_alias: false,
+                };
+                self.remember(anchor, &node);
+                Ok(node)
+            }
+            Event::MappingStart(anchor, tag) => {
+                check_collection_tag(tag.as_deref(), "map")
+                    .map_err(|m| error_at(line, span.start.col(), m))?;
+                let flow = self.text[start..].starts_with('{');
+                let mut entries: Vec<(Node, Node)> = Vec::new();
+                let end;
+                loop {
+                    let (ev, sp) = self.next()?;
+                    if let Event::MappingEnd = ev {
+                        end = if flow {
+                            self.byte(&sp.start) + 1
+                        } else {
+                            let children: Vec<Node> = entries
+                                .iter()
+                                .flat_map(|(k, v)| [k.clone(), v.clone()])
+                                .collect();
+                            content_end(start, &children)
+                        };
+                        break;
+                    }
+                    let key = self.node(ev, sp)?;
+                    if !matches!(key.kind, NodeKind::Scalar { .. }) {
+                        return Err(error_at(
+                            key.line,
+                            sp.start.col(),
+                            "a list or mapping used as a key; cloud-init (PyYAML) cannot read that",
+                        ));
+                    }
+                    let (vev, vsp) = self.next()?;
+                    let value = self.node(vev, vsp)?;
+                    entries.push((key, value));
+                }
+                let node = Node {
+                    kind: NodeKind::Map { entries, flow },
+                    span: Span { start, end },
+                    line,
+                    from_alias: false,
+                };
+                self.remember(anchor, &node);
+                Ok(node)
+            }
+            Event::Alias(id) => match self.anchors.get(id).cloned().flatten() {
+                Some(mut node) => {
+                    mark_alias(&mut node);
+                    Ok(node)
+                }
+                None => Err(error_at(
+                    line,
+                    span.start.col(),
+                    "an alias to an unknown anchor",
+                )),
+            },
+            other => Err(error_at(
+                line,
+                span.start.col(),
+                format!("unexpected YAML event {other:?}"),
+            )),
+        }
+    }
+
+    fn remember(&mut self, anchor: usize, node: &Node) {
+        // saphyr numbers anchors from 1; 0 means "no anchor".
+        if anchor == 0 {
+            return;
+        }
+        if self.anchors.len() <= anchor {
+            self.anchors.resize(anchor + 1, None);
+        }
+        self.anchors[anchor] = Some(node.clone());
+    }
+}
+
+/// The end of a block collection: the end of its last non-empty child.
+fn content_end(start: usize, children: &[Node]) -> usize {
+    children
+        .iter()
+        .filter(|c| c.span.end > c.span.start || !matches!(c.kind, NodeKind::Scalar { .. }))
+        .map(|c| c.span.end)
+        .max()
+        .unwrap_or(start)
+        .max(start)
+}
+
+fn mark_alias(node: &mut Node) {
+    node.from_alias = true;
+    match &mut node.kind {
+        NodeKind::Scalar { .. } => {}
+        NodeKind::Seq { items, .. } => items.iter_mut().for_each(mark_alias),
+        NodeKind::Map { entries, .. } => entries.iter_mut().for_each(|(k, v)| {
+            mark_alias(k);
+            mark_alias(v);
+        }),
+    }
+}
+
+fn is_core(tag: &Tag) -> bool {
+    tag.handle == "tag:yaml.org,2002:" || tag.handle == "!!"
+}
+
+fn check_collection_tag(tag: Option<&Tag>, expected: &str) -> Result<(), String> {
+    match tag {
+        None => Ok(()),
+        Some(t)
+            if is_core(t)
+                && (t.suffix == expected || (expected == "map" && t.suffix == "omap")) =>
+        {
+            Ok(())
+        }
+        Some(t) => Err(format!(
+            "the tag {}{} has no meaning for cloud-init's YAML loader (PyYAML safe_load refuses it)",
+            t.handle, t.suffix
+        )),
+    }
+}
+
+fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> Result<Value, String> {
+    match tag {
+        None => Ok(if style == ScalarStyle::Plain {
+            resolve_plain(text)
+        } else {
+            Value::Str(text.to_string())
+        }),
+        Some(t) if is_core(t) => {
+            let want = t.suffix.as_str();
+            let resolved = resolve_plain(text);
+            let ok = match (want, &resolved) {
+                ("str", _) => return Ok(Value::Str(text.to_string())),
+                ("null", Value::Null)
+                | ("bool", Value::Bool(_))
+                | ("int", Value::Int(_))
+                | ("float", Value::Float(_))
+                | ("timestamp", Value::Timestamp(_)) => true,
+                ("float", Value::Int(i)) => return Ok(Value::Float(*i as f64)),
+                _ => false,
+            };
+            if ok {
+                Ok(resolved)
+            } else {
+                Err(format!("'{text}' is not a valid !!{want}"))
+            }
+        }
+        Some(t) => Err(format!(
+            "the tag {}{} has no meaning for cloud-init's YAML loader (PyYAML safe_load refuses it)",
+            t.handle, t.suffix
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_scalars_resolve_as_yaml_1_1() {
+        let cases: &[(&str, Value)] = &[
+            ("yes", Value::Bool(true)),
+            ("Off", Value::Bool(false)),
+            ("y", Value::Str("y".into())),
+            ("~", Value::Null),
+            ("", Value::Null),
+            ("0644", Value::Int(0o644)),
+            ("0x1F", Value::Int(31)),
+            ("0b101", Value::Int(5)),
+            ("1_000", Value::Int(1000)),
+            ("190:20:30", Value::Int(685_230)),
+            ("-12", Value::Int(-12)),
+            ("1.5", Value::Float(1.5)),
+            ("1e3", Value::Str("1e3".into())),
+            ("6.8523015e+5", Value::Float(685_230.15)),
+            (".inf", Value::Float(f64::INFINITY)),
+            ("2001-12-14", Value::Timestamp("2001-12-14".into())),
+            ("scripts-user", Value::Str("scripts-user".into())),
+            ("09", Value::Str("09".into())),
+        ];
+        for (text, want) in cases {
+            assert_eq!(resolve_plain(text), *want, "resolving {text:?}");
+        }
+    }
+
+    #[test]
+    fn quoted_and_tagged_scalars() {
+        let doc = parse("a: 'yes'\nb: !!str 1\nc: \"1\"\nd: !!int '7'\n").unwrap();
+        let v = doc.to_value();
+        assert_eq!(v.get("a"), Some(&Value::Str("yes".into())));
+        assert_eq!(v.get("b"), Some(&Value::Str("1".into())));
+        assert_eq!(v.get("c"), Some(&Value::Str("1".into())));
+        assert_eq!(v.get("d"), Some(&Value::Int(7)));
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value() {
+        let v = parse("a: 1\nb: 2\na: 3\n").unwrap().to_value();
+        assert_eq!(
+            v,
+            Value::Map(vec![
+                (Value::Str("a".into()), Value::Int(3)),
+                (Value::Str("b".into()), Value::Int(2))
+            ])
+        );
+    }
+
+    #[test]
+    fn merge_keys_and_aliases() {
+        let v = parse("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\n")
+            .unwrap()
+            .to_value();
+        let other = v.get("other").unwrap();
+        assert_eq!(other.get("x"), Some(&Value::Int(1)));
+        assert_eq!(other.get("y"), Some(&Value::Int(3)));
+    }
+
+    #[test]
+    fn spans_cover_exact_text() {
+        let text = "m:\n - x   # c\n - ['y', once]  \nf: [a, \"b\" ]\n";
+        let doc = parse(text).unwrap();
+        let root = doc.root.unwrap();
+        let (_, m) = root.get("m").unwrap();
+        let NodeKind::Seq { items, flow } = &m.kind else {
+            panic!("not a seq")
+        };
+        assert!(!flow);
+        assert_eq!(&text[items[0].span.start..items[0].span.end], "x");
+        assert_eq!(&text[items[1].span.start..items[1].span.end], "['y', once]");
+        assert_eq!(&text[m.span.start..m.span.end], "- x   # c\n - ['y', once]");
+        let (_, f) = root.get("f").unwrap();
+        assert_eq!(&text[f.span.start..f.span.end], "[a, \"b\" ]");
+        let NodeKind::Seq { items, .. } = &f.kind else {
+            panic!("not a seq")
+        };
+        assert_eq!(&text[items[1].span.start..items[1].span.end], "\"b\"");
+    }
+
+    #[test]
+    fn refusals_name_line_and_column() {
+        let err = parse("## template:jinja\n#cloud-config\n").unwrap_err();
+        assert!(err.message.contains("Jinja"), "{err}");
+        let err = parse("a: 1\n b: [\n").unwrap_err();
+        assert!(err.line.is_some(), "{err}");
+        let err = parse("- a\n- b\n").unwrap_err();
+        assert!(err.message.contains("not a mapping"), "{err}");
+        let err = parse("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        let err = parse("a: !python/object foo\n").unwrap_err();
+        assert!(err.message.contains("tag"), "{err}");
+    }
+
+    #[test]
+    fn empty_documents_mean_an_empty_mapping() {
+        assert_eq!(parse("").unwrap().to_value(), Value::Map(vec![]));
+        assert_eq!(
+            parse("# only a comment\n").unwrap().to_value(),
+            Value::Map(vec![])
+        );
+    }
+
+    #[test]
+    fn cloud_init_bool_follows_translate_bool() {
+        assert_eq!(Value::Str("Yes".into()).cloud_init_bool(), Some(true));
+        assert_eq!(Value::Int(1).cloud_init_bool(), Some(true));
+        assert_eq!(Value::Str("localhost".into()).cloud_init_bool(), None);
+        assert_eq!(Value::Null.cloud_init_bool(), Some(false));
+    }
+}

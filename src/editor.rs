@@ -1,0 +1,955 @@
+//! The cloud.cfg editor: a pure function from a file's text and the edits to
+//! make to the new text and the list of changes it made.
+//!
+//! What to change is decided on the parsed document (so quoting, flow or
+//! block style and `-`/`_` spelling do not matter); the change itself is a
+//! splice of the original text, so every byte outside the edited span stays as
+//! it was: comments, blank lines, indentation, CRLF, a missing final newline.
+//! Each splice is followed by a fresh parse, so every decision is made on
+//! exact spans. At the end the new text is parsed again and its meaning must
+//! equal the intended change applied to the original's meaning; if not,
+//! nothing is returned but an error showing both.
+
+use std::fmt;
+
+use crate::document::{self, Node, NodeKind, ParseError, Style, Value};
+
+/// One edit to a cloud.cfg document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Edit {
+    /// Make the value at `path` (top-level key first) mean `value`, at every
+    /// occurrence of the path. With `add_if_missing` the path is added where it
+    /// is absent; without it only existing occurrences are changed.
+    Set {
+        path: Vec<String>,
+        value: Value,
+        add_if_missing: bool,
+    },
+    /// Remove every entry of a module from every module list.
+    RemoveModule { module: String },
+    /// Remove every item naming `value` (a module name) from the list `key`.
+    RemoveListValue { key: String, value: String },
+}
+
+impl fmt::Display for Edit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Edit::Set {
+                path,
+                value,
+                add_if_missing,
+            } => {
+                write!(f, "set {}: {}", path.join("."), value)?;
+                if !add_if_missing {
+                    f.write_str(" where it is set")?;
+                }
+                Ok(())
+            }
+            Edit::RemoveModule { module } => {
+                write!(f, "remove module {module} from every module list")
+            }
+            Edit::RemoveListValue { key, value } => write!(f, "remove {value} from {key}"),
+        }
+    }
+}
+
+/// One change the editor made, located in the original text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Index of the edit (in the slice given to [`apply`]) that made it.
+    pub edit: usize,
+    /// 1-based line in the original text.
+    pub line: usize,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edited {
+    pub text: String,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EditError {
+    /// The input is not a cloud.cfg we can read.
+    Parse(ParseError),
+    /// The input is valid, but the edit would have to go through a construct
+    /// we do not edit automatically (an alias, an unusual layout).
+    Unsupported { line: usize, message: String },
+    /// The edited text does not mean what was intended: a bug, never written.
+    Verify { expected: Value, actual: Value },
+}
+
+impl fmt::Display for EditError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EditError::Parse(e) => e.fmt(f),
+            EditError::Unsupported { line, message } => write!(f, "line {line}: {message}"),
+            EditError::Verify { expected, actual } => write!(
+                f,
+                "internal error: the edited text does not mean what was intended; nothing was written \
+                 (expected {expected}, got {actual}); please report this with the file"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EditError {}
+
+/// cloud-init's `form_module_name` (cloudinit/config/modules.py), minus the
+/// `cc_` prefix: `scripts-user`, `scripts_user`, `cc_scripts_user` and
+/// `scripts_user.py` all name the same module.
+pub fn canonical_module_name(name: &str) -> String {
+    let mut canon = name.trim().replace('-', "_");
+    if canon.to_ascii_lowercase().ends_with(".py") {
+        canon.truncate(canon.len() - 3);
+    }
+    let canon = canon.trim();
+    canon.strip_prefix("cc_").unwrap_or(canon).to_string()
+}
+
+/// The module an entry of a module list names, read as cloud-init's
+/// `_read_modules` does: a string, a list `[name, frequency, args...]`, or a
+/// mapping with `name`.
+pub fn entry_module_name(entry: &Value) -> Option<&str> {
+    match entry {
+        Value::Str(s) => Some(s),
+        Value::Seq(items) => items.first()?.as_str(),
+        Value::Map(_) => entry.get("name")?.as_str(),
+        _ => None,
+    }
+}
+
+/// Whether a top-level key holds a module list that cloud-init runs.
+/// `unverified_modules` ends in `_modules` but lists modules to force, not run.
+pub fn is_module_list_key(key: &str) -> bool {
+    key.ends_with("_modules") && key != "unverified_modules"
+}
+
+/// Whether `current` already means `wanted` to cloud-init. Booleans are read
+/// as cloud-init reads them (`util.translate_bool`): `yes`, `1` and `"true"`
+/// are true.
+pub fn satisfies(current: &Value, wanted: &Value) -> bool {
+    match wanted {
+        Value::Bool(b) => current.cloud_init_bool() == Some(*b),
+        _ => current == wanted,
+    }
+}
+
+/// Applies `edit` to a document's meaning: what the text edit must achieve.
+/// The same function serves for one file and for the effective configuration.
+pub fn apply_to_value(value: &mut Value, edit: &Edit) {
+    match edit {
+        Edit::Set {
+            path,
+            value: wanted,
+            add_if_missing,
+        } => {
+            set_value_path(value, path, wanted, *add_if_missing);
+        }
+        Edit::RemoveModule { module } => {
+            let module = canonical_module_name(module);
+            if let Value::Map(entries) = value {
+                for (k, v) in entries.iter_mut() {
+                    if let (Some(key), Value::Seq(items)) = (k.as_str(), v)
+                        && is_module_list_key(key)
+                    {
+                        items.retain(|item| {
+                            entry_module_name(item)
+                                .is_none_or(|n| canonical_module_name(n) != module)
+                        });
+                    }
+                }
+            }
+        }
+        Edit::RemoveListValue {
+            key,
+            value: unwanted,
+        } => {
+            let unwanted = canonical_module_name(unwanted);
+            if let Some(Value::Seq(items)) = value.get_mut(key) {
+                items.retain(|item| {
+                    item.as_str()
+                        .is_none_or(|s| canonical_module_name(s) != unwanted)
+                });
+            }
+        }
+    }
+}
+
+fn set_value_path(map: &mut Value, path: &[String], wanted: &Value, add: bool) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if !matches!(map, Value::Map(_)) {
+        return;
+    }
+    match map.get_mut(first) {
+        None => {
+            if add {
+                map.insert(first, nested_value(rest, wanted));
+            }
+        }
+        Some(child) if rest.is_empty() => {
+            if !satisfies(child, wanted) {
+                *child = wanted.clone();
+            }
+        }
+        Some(child @ Value::Map(_)) => set_value_path(child, rest, wanted, add),
+        Some(child) => {
+            if add {
+                *child = nested_value(rest, wanted);
+            }
+        }
+    }
+}
+
+fn nested_value(path: &[String], wanted: &Value) -> Value {
+    path.iter().rev().fold(wanted.clone(), |inner, key| {
+        Value::Map(vec![(Value::Str(key.clone()), inner)])
+    })
+}
+
+/// Applies `edits` to `text`. Returns the new text (equal to `text` when
+/// nothing needed changing) and the changes made, in order.
+pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
+    let original = document::parse(text).map_err(EditError::Parse)?;
+    let eol = if text
+        .find('\n')
+        .is_some_and(|i| i > 0 && text.as_bytes()[i - 1] == b'\r')
+    {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let mut current = text.to_string();
+    let mut splices: Vec<AppliedSplice> = Vec::new();
+    let mut changes = Vec::new();
+    // Every splice satisfies one occurrence for good, so this terminates well
+    // before the limit; the limit turns a bug into an error, not a hang.
+    const MAX_SPLICES: usize = 10_000;
+    for _ in 0..MAX_SPLICES {
+        let doc = document::parse(&current).map_err(|e| match e.line {
+            // A parse failure after our own splice is a bug in the editor.
+            _ if splices.is_empty() => EditError::Parse(e),
+            _ => EditError::Verify {
+                expected: Value::Str("valid YAML".into()),
+                actual: Value::Str(e.to_string()),
+            },
+        })?;
+        let ctx = Context {
+            text: &current,
+            eol,
+        };
+        let next = edits
+            .iter()
+            .enumerate()
+            .find_map(|(i, edit)| ctx.next_splice(doc.root.as_ref(), edit).map(|s| (i, s)));
+        let Some((edit_index, planned)) = next else {
+            let edited = Edited {
+                text: current,
+                changes,
+            };
+            verify(&original.to_value(), &edited.text, edits)?;
+            return Ok(edited);
+        };
+        let planned = planned?;
+        let line = original_line(text, &splices, planned.parts.first().map_or(0, |p| p.start));
+        for part in planned.parts.iter().rev() {
+            current.replace_range(part.start..part.end, &part.insert);
+        }
+        // Record in application order (each part shifts only what follows it).
+        for part in planned.parts.iter().rev() {
+            splices.push(AppliedSplice {
+                start: part.start,
+                removed: part.end - part.start,
+                inserted: part.insert.len(),
+            });
+        }
+        changes.push(Change {
+            edit: edit_index,
+            line,
+            what: planned.what,
+        });
+    }
+    Err(EditError::Unsupported {
+        line: 1,
+        message: format!("more than {MAX_SPLICES} edits needed; refusing to go on"),
+    })
+}
+
+fn verify(original: &Value, new_text: &str, edits: &[Edit]) -> Result<(), EditError> {
+    let mut expected = original.clone();
+    for edit in edits {
+        apply_to_value(&mut expected, edit);
+    }
+    let actual = match document::parse(new_text) {
+        Ok(doc) => doc.to_value(),
+        Err(e) => Value::Str(format!("unparsable text ({e})")),
+    };
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(EditError::Verify { expected, actual })
+    }
+}
+
+struct AppliedSplice {
+    start: usize,
+    removed: usize,
+    inserted: usize,
+}
+
+/// Maps a byte offset in the current text back to the original text (through
+/// the splices applied so far, newest first) and returns its 1-based line.
+fn original_line(original: &str, splices: &[AppliedSplice], offset: usize) -> usize {
+    let mut pos = offset;
+    for s in splices.iter().rev() {
+        if pos >= s.start + s.inserted {
+            pos = pos - s.inserted + s.removed;
+        } else if pos >= s.start {
+            pos = s.start;
+        }
+    }
+    let pos = pos.min(original.len());
+    // A change at the very start of a line belongs to that line, not the
+    // previous one.
+    original[..pos].matches('\n').count() + 1
+}
+
+/// A planned splice: byte ranges of the current text and their replacements,
+/// in ascending order, non-overlapping.
+struct Planned {
+    parts: Vec<Part>,
+    what: String,
+}
+
+struct Part {
+    start: usize,
+    end: usize,
+    insert: String,
+}
+
+struct Context<'a> {
+    text: &'a str,
+    eol: &'static str,
+}
+
+impl Context<'_> {
+    /// The first splice `edit` still needs in the document, if any.
+    fn next_splice(&self, root: Option<&Node>, edit: &Edit) -> Option<Result<Planned, EditError>> {
+        match edit {
+            Edit::Set {
+                path,
+                value,
+                add_if_missing,
+            } => match root {
+                Some(root) => self.set_in_map(root, path, value, *add_if_missing, true),
+                None if *add_if_missing => Some(Ok(self.append_top_level(path, value))),
+                None => None,
+            },
+            Edit::RemoveModule { module } => {
+                let module = canonical_module_name(module);
+                let root = root?;
+                let NodeKind::Map { entries, .. } = &root.kind else {
+                    return None;
+                };
+                entries.iter().find_map(|(key, list)| {
+                    let name = key.key_str()?;
+                    if !is_module_list_key(name) {
+                        return None;
+                    }
+                    self.remove_first_matching(key, list, name, |item| {
+                        entry_module_name(&item.to_value())
+                            .is_some_and(|n| canonical_module_name(n) == module)
+                    })
+                })
+            }
+            Edit::RemoveListValue {
+                key: list_key,
+                value,
+            } => {
+                let value = canonical_module_name(value);
+                let root = root?;
+                root.entries_for(list_key).find_map(|(key, list)| {
+                    self.remove_first_matching(key, list, list_key, |item| {
+                        item.to_value()
+                            .as_str()
+                            .is_some_and(|s| canonical_module_name(s) == value)
+                    })
+                })
+            }
+        }
+    }
+
+    fn remove_first_matching(
+        &self,
+        key: &Node,
+        list: &Node,
+        list_name: &str,
+        matches: impl Fn(&Node) -> bool,
+    ) -> Option<Result<Planned, EditError>> {
+        let NodeKind::Seq { items, flow } = &list.kind else {
+            return None;
+        };
+        let index = items.iter().position(matches)?;
+        if list.from_alias {
+            return Some(Err(EditError::Unsupported {
+                line: key.line,
+                message: format!(
+                    "{list_name} is an alias (*anchor) of a list defined elsewhere; \
+                     edit that list by hand, or write it out in full"
+                ),
+            }));
+        }
+        let item = &items[index];
+        let what = format!("removed {} from {list_name}", self.snippet(item));
+        let parts = if *flow {
+            self.remove_flow_item(items, index)
+        } else {
+            match self.remove_block_item(key, list, items, index) {
+                Ok(parts) => parts,
+                Err(message) => {
+                    return Some(Err(EditError::Unsupported {
+                        line: item.line,
+                        message,
+                    }));
+                }
+            }
+        };
+        Some(Ok(Planned { parts, what }))
+    }
+
+    fn snippet(&self, node: &Node) -> String {
+        let text = &self.text[node.span.start..node.span.end];
+        let one_line: Vec<&str> = text.lines().map(str::trim).collect();
+        format!("`{}`", one_line.join(" "))
+    }
+
+    fn remove_flow_item(&self, items: &[Node], index: usize) -> Vec<Part> {
+        let item = &items[index];
+        let (start, end) = if items.len() == 1 {
+            (item.span.start, item.span.end)
+        } else if index + 1 < items.len() {
+            // "a, b" -> "b": the item, its comma and the blanks after it.
+            (item.span.start, items[index + 1].span.start)
+        } else {
+            // "a, b" -> "a": from the end of the previous item.
+            (items[index - 1].span.end, item.span.end)
+        };
+        vec![Part {
+            start,
+            end,
+            insert: String::new(),
+        }]
+    }
+
+    fn remove_block_item(
+        &self,
+        key: &Node,
+        list: &Node,
+        items: &[Node],
+        index: usize,
+    ) -> Result<Vec<Part>, String> {
+        let bytes = self.text.as_bytes();
+        let dash = if index == 0 {
+            list.span.start
+        } else {
+            self.skip_blanks_and_comments(items[index - 1].span.end)
+        };
+        if bytes.get(dash) != Some(&b'-') {
+            return Err("cannot find this list entry's `-`; edit this list by hand".to_string());
+        }
+        let line_start = self.text[..dash].rfind('\n').map_or(0, |i| i + 1);
+        if !self.text[line_start..dash].bytes().all(|b| b == b' ') {
+            return Err(
+                "a list entry that does not start its own line; edit this list by hand".to_string(),
+            );
+        }
+        let item = &items[index];
+        let last_content = item.span.end.max(dash + 1);
+        let mut end = self.text[last_content..]
+            .find('\n')
+            .map_or(self.text.len(), |i| last_content + i + 1);
+        let mut start = line_start;
+        if end == self.text.len() && !self.text.ends_with('\n') && start > 0 {
+            // Keep the file's missing final newline: take the line break
+            // before the entry instead of leaving one at the end.
+            start -= if self.text[..start].ends_with("\r\n") {
+                2
+            } else {
+                1
+            };
+            end = self.text.len();
+        }
+        let mut parts = Vec::new();
+        if items.len() == 1 {
+            // Removing the only entry would leave `key:` (null); cloud-init
+            // copes, but an empty list says what is meant.
+            let colon = self
+                .colon_after(key)
+                .ok_or("cannot find the `:` after this key")?;
+            parts.push(Part {
+                start: colon + 1,
+                end: colon + 1,
+                insert: " []".to_string(),
+            });
+        }
+        parts.push(Part {
+            start,
+            end,
+            insert: String::new(),
+        });
+        Ok(parts)
+    }
+
+    /// Skips whitespace and `#` comments from `pos`; returns the next
+    /// significant byte offset.
+    fn skip_blanks_and_comments(&self, mut pos: usize) -> usize {
+        let bytes = self.text.as_bytes();
+        while pos < bytes.len() {
+            match bytes[pos] {
+                b' ' | b'\t' | b'\r' | b'\n' => pos += 1,
+                b'#' => {
+                    pos = self.text[pos..].find('\n').map_or(bytes.len(), |i| pos + i);
+                }
+                _ => break,
+            }
+        }
+        pos
+    }
+
+    /// Byte offset of the `:` that ends a mapping key.
+    fn colon_after(&self, key: &Node) -> Option<usize> {
+        let after = &self.text[key.span.end..];
+        let offset = after.find(|c: char| c != ' ' && c != '\t')?;
+        (after.as_bytes()[offset] == b':').then_some(key.span.end + offset)
+    }
+
+    fn set_in_map(
+        &self,
+        map: &Node,
+        path: &[String],
+        wanted: &Value,
+        add: bool,
+        top_level: bool,
+    ) -> Option<Result<Planned, EditError>> {
+        let (first, rest) = path.split_first()?;
+        let mut found = false;
+        for (key, value) in map.entries_for(first) {
+            found = true;
+            let planned = if rest.is_empty() {
+                if satisfies(&value.to_value(), wanted) {
+                    continue;
+                }
+                self.replace_value(
+                    key,
+                    value,
+                    wanted,
+                    &format!("set {first}: {wanted} (was {})", value.to_value()),
+                )
+            } else if matches!(value.kind, NodeKind::Map { .. }) {
+                match self.set_in_map(value, rest, wanted, add, false) {
+                    Some(p) => return Some(p),
+                    None => continue,
+                }
+            } else if add {
+                let new = nested_value(rest, wanted);
+                self.replace_value(
+                    key,
+                    value,
+                    &new,
+                    &format!("set {first}: {new} (was {})", value.to_value()),
+                )
+            } else {
+                continue;
+            };
+            return Some(planned);
+        }
+        if found || !add {
+            return None;
+        }
+        if map.from_alias {
+            return Some(Err(EditError::Unsupported {
+                line: map.line,
+                message: format!("cannot add {first} inside an alias (*anchor); edit by hand"),
+            }));
+        }
+        let new = nested_value(rest, wanted);
+        Some(match &map.kind {
+            NodeKind::Map {
+                flow: true,
+                entries,
+            } => Ok(self.insert_into_flow_map(map, entries.is_empty(), first, &new)),
+            _ if top_level => Ok(self.append_top_level(path, wanted)),
+            NodeKind::Map { entries, .. } => self.insert_into_block_map(&entries[0].0, first, &new),
+            _ => return None,
+        })
+    }
+
+    fn replace_value(
+        &self,
+        key: &Node,
+        value: &Node,
+        new: &Value,
+        what: &str,
+    ) -> Result<Planned, EditError> {
+        if value.from_alias || key.from_alias {
+            return Err(EditError::Unsupported {
+                line: key.line,
+                message: "this value comes from an alias (*anchor); edit it by hand".to_string(),
+            });
+        }
+        let new_text = new.to_yaml_inline();
+        let same_line = value.line == key.line;
+        let part = match &value.kind {
+            NodeKind::Scalar { style, .. }
+                if same_line && *style != Style::Block && value.span.end > value.span.start =>
+            {
+                Part {
+                    start: value.span.start,
+                    end: value.span.end,
+                    insert: new_text,
+                }
+            }
+            _ => {
+                let colon = self
+                    .colon_after(key)
+                    .ok_or_else(|| EditError::Unsupported {
+                        line: key.line,
+                        message: "cannot find the `:` after this key; edit it by hand".to_string(),
+                    })?;
+                let end = if value.span.end > value.span.start {
+                    value.span.end
+                } else {
+                    colon + 1
+                };
+                Part {
+                    start: colon + 1,
+                    end: end.max(colon + 1),
+                    insert: format!(" {new_text}"),
+                }
+            }
+        };
+        Ok(Planned {
+            parts: vec![part],
+            what: what.to_string(),
+        })
+    }
+
+    fn insert_into_flow_map(&self, map: &Node, empty: bool, key: &str, value: &Value) -> Planned {
+        let entry = format!("{key}: {value}");
+        let insert = if empty {
+            entry.clone()
+        } else {
+            format!("{entry}, ")
+        };
+        let at = map.span.start + 1;
+        Planned {
+            parts: vec![Part {
+                start: at,
+                end: at,
+                insert,
+            }],
+            what: format!("added {entry}"),
+        }
+    }
+
+    fn insert_into_block_map(
+        &self,
+        first_key: &Node,
+        key: &str,
+        value: &Value,
+    ) -> Result<Planned, EditError> {
+        let line_start = self.text[..first_key.span.start]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let indent = &self.text[line_start..first_key.span.start];
+        if !indent.bytes().all(|b| b == b' ') {
+            return Err(EditError::Unsupported {
+                line: first_key.line,
+                message: format!(
+                    "cannot add {key} to a mapping laid out on one line with other content; edit it by hand"
+                ),
+            });
+        }
+        let entry = format!("{key}: {value}");
+        Ok(Planned {
+            parts: vec![Part {
+                start: line_start,
+                end: line_start,
+                insert: format!("{indent}{entry}{}", self.eol),
+            }],
+            what: format!("added {entry}"),
+        })
+    }
+
+    /// Adds a top-level `key: value` at the end of the document, keeping the
+    /// file's line endings and its missing final newline, if it has one.
+    fn append_top_level(&self, path: &[String], wanted: &Value) -> Planned {
+        let (first, rest) = path.split_first().expect("paths are never empty");
+        let entry = format!("{first}: {}", nested_value(rest, wanted));
+        let insert = if self.text.is_empty() || self.text.ends_with('\n') {
+            format!("{entry}{}", self.eol)
+        } else {
+            format!("{}{entry}", self.eol)
+        };
+        let at = self.text.len();
+        Planned {
+            parts: vec![Part {
+                start: at,
+                end: at,
+                insert,
+            }],
+            what: format!("added {entry}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remove(module: &str) -> Edit {
+        Edit::RemoveModule {
+            module: module.to_string(),
+        }
+    }
+
+    fn set(path: &str, value: Value) -> Edit {
+        Edit::Set {
+            path: path.split('.').map(str::to_string).collect(),
+            value,
+            add_if_missing: true,
+        }
+    }
+
+    #[test]
+    fn edits_produce_exact_text() {
+        let disabled = || Value::Str("disabled".into());
+        let cases: Vec<(&str, Vec<Edit>, &str)> = vec![
+            // Not a module list: left alone.
+            (
+                "m:\n - a\n - scripts-user\n",
+                vec![remove("scripts_user")],
+                "m:\n - a\n - scripts-user\n",
+            ),
+            (
+                "cloud_final_modules:\n - a\n - scripts-user\n - b\n",
+                vec![remove("scripts_user")],
+                "cloud_final_modules:\n - a\n - b\n",
+            ),
+            (
+                "x_modules:\n - scripts-user   # why\n",
+                vec![remove("scripts-user")],
+                "x_modules: []\n",
+            ),
+            (
+                "x_modules:\n - scripts-user",
+                vec![remove("scripts-user")],
+                "x_modules: []",
+            ),
+            (
+                "x_modules:\n - a\n - scripts-user",
+                vec![remove("scripts-user")],
+                "x_modules:\n - a",
+            ),
+            (
+                "x_modules:\r\n - a\r\n - ntp\r\n - b\r\n",
+                vec![remove("ntp")],
+                "x_modules:\r\n - a\r\n - b\r\n",
+            ),
+            (
+                "x_modules: [a, ntp, b]\n",
+                vec![remove("ntp")],
+                "x_modules: [a, b]\n",
+            ),
+            (
+                "x_modules: [a, ntp]\n",
+                vec![remove("ntp")],
+                "x_modules: [a]\n",
+            ),
+            (
+                "x_modules: [ ntp ]\n",
+                vec![remove("ntp")],
+                "x_modules: [  ]\n",
+            ),
+            (
+                "x_modules:\n - ['update_etc_hosts', 'once-per-instance']\n - b\n",
+                vec![remove("update-etc-hosts")],
+                "x_modules:\n - b\n",
+            ),
+            (
+                "x_modules:\n - a\n - name: ntp\n   frequency: always\n - b\n",
+                vec![remove("ntp")],
+                "x_modules:\n - a\n - b\n",
+            ),
+            (
+                "x_modules:\n -\n   - ntp\n   - always\n - b\n",
+                vec![remove("ntp")],
+                "x_modules:\n - b\n",
+            ),
+            (
+                "x_modules:\n - a\n # keep me\n - cc_ntp.py\n",
+                vec![remove("ntp")],
+                "x_modules:\n - a\n # keep me\n",
+            ),
+            (
+                "unverified_modules: [ntp]\nx_modules: [ntp]\n",
+                vec![remove("ntp")],
+                "unverified_modules: [ntp]\nx_modules: []\n",
+            ),
+            (
+                "unverified_modules: ['resolv_conf']\n",
+                vec![Edit::RemoveListValue {
+                    key: "unverified_modules".into(),
+                    value: "resolv-conf".into(),
+                }],
+                "unverified_modules: []\n",
+            ),
+            (
+                "a: 1\npreserve_hostname: false  # c\n",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "a: 1\npreserve_hostname: true  # c\n",
+            ),
+            (
+                "preserve_hostname: yes\n",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "preserve_hostname: yes\n",
+            ),
+            (
+                "preserve_hostname:\nb: 1\n",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "preserve_hostname: true\nb: 1\n",
+            ),
+            (
+                "a: 1\n",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "a: 1\npreserve_hostname: true\n",
+            ),
+            (
+                "a: 1",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "a: 1\npreserve_hostname: true",
+            ),
+            (
+                "a: 1\r\n",
+                vec![set("network.config", disabled())],
+                "a: 1\r\nnetwork: {config: disabled}\r\n",
+            ),
+            (
+                "network:\n  renderers: [x]\n",
+                vec![set("network.config", disabled())],
+                "network:\n  config: disabled\n  renderers: [x]\n",
+            ),
+            (
+                "network: {renderers: [x]}\n",
+                vec![set("network.config", disabled())],
+                "network: {config: disabled, renderers: [x]}\n",
+            ),
+            (
+                "network: {}\n",
+                vec![set("network.config", disabled())],
+                "network: {config: disabled}\n",
+            ),
+            (
+                "network:\n  config: enabled # c\n",
+                vec![set("network.config", disabled())],
+                "network:\n  config: disabled # c\n",
+            ),
+            (
+                "network: 5\n",
+                vec![set("network.config", disabled())],
+                "network: {config: disabled}\n",
+            ),
+            (
+                "network:\n",
+                vec![set("network.config", disabled())],
+                "network: {config: disabled}\n",
+            ),
+            (
+                "preserve_hostname: false\nb: 1\npreserve_hostname: false\n",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "preserve_hostname: true\nb: 1\npreserve_hostname: true\n",
+            ),
+            (
+                "manage_etc_hosts: localhost\n",
+                vec![Edit::Set {
+                    path: vec!["manage_etc_hosts".into()],
+                    value: Value::Bool(false),
+                    add_if_missing: false,
+                }],
+                "manage_etc_hosts: false\n",
+            ),
+            (
+                "a: 1\n",
+                vec![Edit::Set {
+                    path: vec!["manage_etc_hosts".into()],
+                    value: Value::Bool(false),
+                    add_if_missing: false,
+                }],
+                "a: 1\n",
+            ),
+            (
+                "",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "preserve_hostname: true\n",
+            ),
+        ];
+        for (input, edits, want) in cases {
+            let got = apply(input, &edits).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+            assert_eq!(got.text, want, "editing {input:?} with {edits:?}");
+            let again = apply(&got.text, &edits).unwrap();
+            assert_eq!(
+                again.text, got.text,
+                "second run on {input:?} changed something"
+            );
+            assert!(again.changes.is_empty());
+        }
+    }
+
+    #[test]
+    fn changes_name_original_lines() {
+        let text = "a: 1\ncloud_final_modules:\n - scripts-user\n - x\n - scripts_user\npreserve_hostname: no\n";
+        let got = apply(
+            text,
+            &[
+                remove("scripts-user"),
+                set("preserve_hostname", Value::Bool(true)),
+            ],
+        )
+        .unwrap();
+        let lines: Vec<(usize, usize)> = got.changes.iter().map(|c| (c.edit, c.line)).collect();
+        assert_eq!(lines, vec![(0, 3), (0, 5), (1, 6)]);
+        assert!(
+            got.changes[0].what.contains("scripts-user"),
+            "{:?}",
+            got.changes
+        );
+    }
+
+    #[test]
+    fn aliases_are_not_edited_through() {
+        let text = "mods: &m\n - ntp\ncloud_config_modules: *m\n";
+        let err = apply(text, &[remove("ntp")]);
+        // The anchored list is a module list too only if its key ends in
+        // _modules; here `mods` does not, so the alias is what would change.
+        assert!(
+            matches!(err, Err(EditError::Unsupported { line: 3, .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn module_names_are_canonical() {
+        for name in [
+            "scripts-user",
+            "scripts_user",
+            "cc_scripts_user",
+            "scripts_user.py",
+            " scripts-user ",
+        ] {
+            assert_eq!(canonical_module_name(name), "scripts_user", "{name}");
+        }
+    }
+}
