@@ -305,8 +305,8 @@ fn parse_yaml11_float(s: &str) -> Option<f64> {
     };
     if let Some(exp) = exponent {
         let (_, digits) = exp.split_at(1.min(exp.len()));
-        if !(exp.starts_with(['+', '-']) && !digits.is_empty())
-            || !digits.chars().all(|c| c.is_ascii_digit())
+        let signed = exp.starts_with(['+', '-']);
+        if !signed || digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit())
         {
             return None;
         }
@@ -488,8 +488,15 @@ impl Node {
     }
 
     /// The value under `key` that PyYAML keeps (the last one).
-    pub fn get<'a>(&'a self, key: &'a str) -> Option<(&'a Node, &'a Node)> {
-        self.entries_for(key).last()
+    pub fn get(&self, key: &str) -> Option<(&Node, &Node)> {
+        match &self.kind {
+            NodeKind::Map { entries, .. } => entries
+                .iter()
+                .rev()
+                .find(|(k, _)| k.key_str() == Some(key))
+                .map(|(k, v)| (k, v)),
+            _ => None,
+        }
     }
 }
 

@@ -3,4 +3,5 @@
 
 pub mod document;
 pub mod editor;
+pub mod profile;
 pub mod rootfs;

@@ -1,0 +1,886 @@
+//! File access inside an untrusted image root (a mounted image, or `/`).
+//!
+//! An image is data we did not make: its `etc/cloud/cloud.cfg` may be a symlink to `/etc/shadow`, a FIFO
+//! that would hang a reader, or a device node. Following such a link with ordinary path functions would
+//! read or rewrite the *host's* file. So every name is looked up here, one component at a time, relative
+//! to directory descriptors that were themselves opened with openat2(2) and
+//! `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`: symlinks are interpreted as the booted image would see them
+//! (an absolute target starts again at the image root, `..` stops at it), and the kernel refuses anything
+//! that would leave the root even if the tree changes under us.
+//!
+//! Symlinks are expanded by us (not the kernel) so that we can report the path a link really names; each
+//! open then uses `RESOLVE_NO_SYMLINKS` on a single, already resolved component, so what we open is
+//! exactly what we report.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::anyhow;
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, readlinkat, renameat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, linkat, unlinkat};
+use xattr::FileExt;
+
+/// The kernel's own limit (MAXSYMLINKS); matching it means we accept exactly the trees the image's
+/// own boot would accept.
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// Longest file name most Linux file systems accept (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// Mode of files we create from nothing: what a package would install cloud.cfg with.
+const NEW_FILE_MODE: u32 = 0o644;
+
+/// An opened image root. Holding a descriptor (not just the path) means every later lookup is anchored to
+/// the same directory even if the path is remounted or renamed meanwhile.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// A regular file read from the image, with the metadata a rewrite must preserve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileContents {
+    /// Root-relative path of the file actually read (after following symlinks), without a leading '/'.
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    /// Permission bits, including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One name in a listed directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    /// What cloud-init's `os.path.isfile()` would say when run inside the image: symlinks are followed
+    /// (inside the root), and anything that cannot be resolved counts as "not a file".
+    pub is_regular_file: bool,
+}
+
+/// A fully written, fsynced temporary file waiting to replace its target. Split from the rename so the
+/// caller can decide (e.g. after showing a diff) whether to go ahead; dropping it removes the temp file.
+#[derive(Debug)]
+pub struct PendingWrite {
+    /// The target's directory, opened for reading so it can be fsynced after the rename.
+    dir: OwnedFd,
+    /// `Some` until the temp file has been renamed into place; `Drop` unlinks it otherwise.
+    temp: Option<OsString>,
+    name: OsString,
+    path: PathBuf,
+    original_existed: bool,
+    /// For error messages: the root as the user gave it, and the path the caller asked for.
+    root_display: PathBuf,
+    requested: PathBuf,
+}
+
+/// What `commit` did about the backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// Root-relative path of the backup made by this commit; `None` when none was made (no suffix asked
+    /// for, the file is new, or a backup already existed).
+    pub backup: Option<PathBuf>,
+    /// A file already had the backup name and was left alone: it holds an older original, which is the
+    /// valuable one to keep.
+    pub backup_existed: bool,
+}
+
+/// Why an access failed, in the terms a user can act on.
+#[derive(Debug)]
+pub enum AccessErrorKind {
+    NotFound,
+    /// The path names something that must not be read or replaced as a file; `kind` is e.g. "a FIFO".
+    NotRegular {
+        kind: &'static str,
+    },
+    /// `list_dir` was pointed at something that is not a directory; `kind` is e.g. "a regular file".
+    NotADirectory {
+        kind: &'static str,
+    },
+    PermissionDenied,
+    ReadOnlyFilesystem,
+    /// No space left, or the quota is exhausted.
+    NoSpace,
+    /// More than 40 symlinks had to be followed: almost always a loop.
+    TooManyLinks,
+    Other(io::Error),
+}
+
+/// A failed access, naming the path as the user would type it on the host (root joined with the path).
+#[derive(Debug)]
+pub struct AccessError {
+    op: Op,
+    path: PathBuf,
+    resolved: Option<PathBuf>,
+    kind: AccessErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    List,
+    Resolve,
+}
+
+impl AccessError {
+    pub fn kind(&self) -> &AccessErrorKind {
+        &self.kind
+    }
+
+    /// The path the caller asked about, joined to the root as given (e.g. `/mnt/img/etc/cloud/cloud.cfg`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl fmt::Display for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self.path.display();
+        let via = match &self.resolved {
+            Some(r) => format!(" (resolved to {})", r.display()),
+            None => String::new(),
+        };
+        let file_name = self
+            .path
+            .file_name()
+            .map_or_else(|| "file".into(), |n| n.to_string_lossy());
+        let op = match self.op {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::List => "list",
+            Op::Resolve => "resolve",
+        };
+        match &self.kind {
+            AccessErrorKind::NotRegular { kind } => write!(
+                f,
+                "{path}{via} is {kind}, not a regular file (replace it with the real {file_name})"
+            ),
+            AccessErrorKind::NotADirectory { kind } => write!(
+                f,
+                "{path}{via} is {kind}, not a directory (move it aside, or replace it with a directory)"
+            ),
+            AccessErrorKind::NotFound => {
+                let hint = if self.op == Op::Write {
+                    "create the missing directory first, or check the image root"
+                } else {
+                    "check the path and the image root"
+                };
+                write!(
+                    f,
+                    "cannot {op} {path}{via}: no such file or directory ({hint})"
+                )
+            }
+            AccessErrorKind::PermissionDenied => {
+                // As root, EACCES/EPERM comes from an immutable/append-only attribute, a security module
+                // or a root-squashing network file system, not from missing privileges.
+                let hint = if Uid::effective().is_root() {
+                    "check for an immutable attribute with lsattr, or a security policy denying it"
+                } else {
+                    "run as root"
+                };
+                write!(f, "cannot {op} {path}{via}: permission denied ({hint})")
+            }
+            AccessErrorKind::ReadOnlyFilesystem => write!(
+                f,
+                "cannot {op} {path}{via}: read-only file system (remount it read-write, or use --dry-run)"
+            ),
+            AccessErrorKind::NoSpace => write!(
+                f,
+                "cannot {op} {path}{via}: no space left on device or quota exceeded \
+                 (free some space, or use --dry-run)"
+            ),
+            AccessErrorKind::TooManyLinks => write!(
+                f,
+                "cannot {op} {path}{via}: too many levels of symbolic links (fix the symlink loop)"
+            ),
+            AccessErrorKind::Other(e) => write!(f, "cannot {op} {path}{via}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AccessError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            AccessErrorKind::Other(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn kind_from_errno(e: Errno) -> AccessErrorKind {
+    match e {
+        Errno::ENOENT => AccessErrorKind::NotFound,
+        Errno::EACCES | Errno::EPERM => AccessErrorKind::PermissionDenied,
+        Errno::EROFS => AccessErrorKind::ReadOnlyFilesystem,
+        Errno::ENOSPC | Errno::EDQUOT => AccessErrorKind::NoSpace,
+        Errno::ELOOP => AccessErrorKind::TooManyLinks,
+        Errno::EISDIR => AccessErrorKind::NotRegular {
+            kind: "a directory",
+        },
+        e => AccessErrorKind::Other(io::Error::from_raw_os_error(e as i32)),
+    }
+}
+
+fn kind_from_io(e: io::Error) -> AccessErrorKind {
+    match e.raw_os_error() {
+        Some(code) => kind_from_errno(Errno::from_raw(code)),
+        None => AccessErrorKind::Other(e),
+    }
+}
+
+/// Adds what was being done to an xattr failure, which the bare errno would not say.
+fn xattr_error(what: &str, name: &OsStr, e: io::Error) -> AccessErrorKind {
+    match kind_from_io(e) {
+        AccessErrorKind::Other(e) => AccessErrorKind::Other(io::Error::new(
+            e.kind(),
+            format!("{what} extended attribute {}: {e}", name.to_string_lossy()),
+        )),
+        kind => kind,
+    }
+}
+
+/// Where errors of one operation point: the requested path, plus the resolved one once known.
+struct Ctx {
+    op: Op,
+    root_display: PathBuf,
+    requested: PathBuf,
+    resolved: Option<PathBuf>,
+}
+
+impl Ctx {
+    fn new(root: &Root, op: Op, rel: &Path) -> Ctx {
+        Ctx {
+            op,
+            root_display: root.path.clone(),
+            requested: lexical(rel),
+            resolved: None,
+        }
+    }
+
+    fn resolved_to(&mut self, resolved: &Path) {
+        if resolved != self.requested {
+            self.resolved = Some(resolved.to_path_buf());
+        }
+    }
+
+    fn err(&self, kind: AccessErrorKind) -> AccessError {
+        AccessError {
+            op: self.op,
+            path: self.root_display.join(&self.requested),
+            resolved: self.resolved.as_ref().map(|r| self.root_display.join(r)),
+            kind,
+        }
+    }
+}
+
+/// `rel` as a root-relative path for messages: no leading '/', no "." components.
+fn lexical(rel: &Path) -> PathBuf {
+    rel.components()
+        .filter(|c| {
+            !matches!(
+                c,
+                Component::RootDir | Component::CurDir | Component::Prefix(_)
+            )
+        })
+        .collect()
+}
+
+/// Every open inside the root goes through here. `name` is a single component (or "."), relative to a
+/// directory that is itself inside the root: RESOLVE_IN_ROOT pins ".." and absolute paths to `dir`, and
+/// RESOLVE_NO_SYMLINKS (which implies RESOLVE_NO_MAGICLINKS) means a link swapped in after we resolved the
+/// path is refused rather than followed.
+fn open_in(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(mode)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_SYMLINKS,
+        );
+    // RESOLVE_IN_ROOT returns EAGAIN when a concurrent rename might have let ".." escape; retrying is
+    // what the man page recommends.
+    let mut attempts = 0;
+    loop {
+        match openat2(dir, name, how) {
+            Err(Errno::EAGAIN) if attempts < 16 => attempts += 1,
+            result => return result,
+        }
+    }
+}
+
+fn file_type_name(st: &FileStat) -> &'static str {
+    match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFREG => "a regular file",
+        SFlag::S_IFDIR => "a directory",
+        SFlag::S_IFIFO => "a FIFO",
+        SFlag::S_IFCHR => "a character device",
+        SFlag::S_IFBLK => "a block device",
+        SFlag::S_IFSOCK => "a socket",
+        SFlag::S_IFLNK => "a symbolic link",
+        _ => "of an unknown file type",
+    }
+}
+
+fn is_type(st: &FileStat, t: SFlag) -> bool {
+    st.st_mode & SFlag::S_IFMT.bits() == t.bits()
+}
+
+enum Step {
+    Up,
+    Down(OsString),
+}
+
+fn steps(path: &Path) -> (bool, Vec<Step>) {
+    let mut absolute = false;
+    let mut out = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir => absolute = true,
+            Component::Prefix(_) | Component::CurDir => {}
+            Component::ParentDir => out.push(Step::Up),
+            Component::Normal(n) => out.push(Step::Down(n.to_os_string())),
+        }
+    }
+    (absolute, out)
+}
+
+/// The outcome of a lookup: the chain of directories down to the parent, and the final name.
+struct Resolved {
+    /// Directories from the root down to the parent of `name`, each opened O_PATH.
+    dirs: Vec<(OsString, OwnedFd)>,
+    /// `None` when the path names the root itself.
+    name: Option<OsString>,
+    exists: bool,
+}
+
+impl Resolved {
+    fn parent<'a>(&'a self, root: &'a Root) -> BorrowedFd<'a> {
+        self.dirs
+            .last()
+            .map_or(root.fd.as_fd(), |(_, fd)| fd.as_fd())
+    }
+
+    fn rel_path(&self) -> PathBuf {
+        self.dirs
+            .iter()
+            .map(|(n, _)| n.as_os_str())
+            .chain(self.name.as_deref())
+            .collect()
+    }
+}
+
+/// A file opened for reading after checking (through an O_PATH descriptor, which never triggers a device's
+/// or FIFO's open) that it is a regular file.
+fn open_regular(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(File, FileStat), AccessErrorKind> {
+    let probe = open_in(
+        parent,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(kind_from_errno)?;
+    let st = fstat(&probe).map_err(kind_from_errno)?;
+    if !is_type(&st, SFlag::S_IFREG) {
+        return Err(AccessErrorKind::NotRegular {
+            kind: file_type_name(&st),
+        });
+    }
+    // O_NONBLOCK: should the entry be swapped for a FIFO after the check, the open returns at once
+    // instead of waiting for a writer. O_NOCTTY likewise for a terminal.
+    let fd = open_in(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(kind_from_errno)?;
+    let st2 = fstat(&fd).map_err(kind_from_errno)?;
+    if !is_type(&st2, SFlag::S_IFREG) {
+        return Err(AccessErrorKind::NotRegular {
+            kind: file_type_name(&st2),
+        });
+    }
+    if (st.st_dev, st.st_ino) != (st2.st_dev, st2.st_ino) {
+        return Err(AccessErrorKind::Other(io::Error::other(
+            "the file was replaced while being opened; retry",
+        )));
+    }
+    Ok((File::from(fd), st2))
+}
+
+impl Root {
+    /// Opens the root directory the user named. That path itself is trusted (the user typed it); only
+    /// what lies beneath it is not.
+    pub fn open(path: &Path) -> anyhow::Result<Root> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ENOENT => anyhow!("image root {} does not exist", path.display()),
+            Errno::ENOTDIR => anyhow!("image root {} is not a directory", path.display()),
+            Errno::EACCES => anyhow!(
+                "cannot open image root {}: permission denied (run as root)",
+                path.display()
+            ),
+            e => anyhow!("cannot open image root {}: {}", path.display(), e.desc()),
+        })?;
+        // Probe openat2 once, so an old kernel gives one clear message instead of odd failures later.
+        open_in(
+            fd.as_fd(),
+            OsStr::new("."),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ENOSYS => anyhow!(
+                "cannot use image root {}: this kernel lacks openat2(2), needed to stay inside the \
+                 image safely (Linux 5.6 or newer is required)",
+                path.display()
+            ),
+            e => anyhow!("cannot open image root {}: {}", path.display(), e.desc()),
+        })?;
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Resolves `rel` the way the kernel would with the image root as `/`, but in user space so the
+    /// resulting path can be reported. Each directory is opened relative to its (already resolved)
+    /// parent, so the root stays enforced by the kernel at every step.
+    fn walk(&self, rel: &Path) -> Result<Resolved, AccessErrorKind> {
+        let (_, initial) = steps(rel);
+        let mut queue: VecDeque<Step> = initial.into();
+        let mut dirs: Vec<(OsString, OwnedFd)> = Vec::new();
+        let mut hops = 0;
+
+        while let Some(step) = queue.pop_front() {
+            let name = match step {
+                Step::Up => {
+                    // At the root, ".." is the root, as for any process chrooted there.
+                    dirs.pop();
+                    continue;
+                }
+                Step::Down(name) => name,
+            };
+            let parent = dirs.last().map_or(self.fd.as_fd(), |(_, fd)| fd.as_fd());
+            match readlinkat(parent, name.as_os_str()) {
+                Ok(target) => {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(AccessErrorKind::TooManyLinks);
+                    }
+                    if target.is_empty() {
+                        return Err(AccessErrorKind::NotFound);
+                    }
+                    let (absolute, target_steps) = steps(Path::new(&target));
+                    if absolute {
+                        dirs.clear();
+                    }
+                    for s in target_steps.into_iter().rev() {
+                        queue.push_front(s);
+                    }
+                }
+                // Exists and is not a symlink.
+                Err(Errno::EINVAL) => {
+                    if queue.is_empty() {
+                        return Ok(Resolved {
+                            dirs,
+                            name: Some(name),
+                            exists: true,
+                        });
+                    }
+                    let fd = open_in(
+                        parent,
+                        &name,
+                        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                        Mode::empty(),
+                    )
+                    .map_err(kind_from_errno)?;
+                    dirs.push((name, fd));
+                }
+                Err(Errno::ENOENT) if queue.is_empty() => {
+                    return Ok(Resolved {
+                        dirs,
+                        name: Some(name),
+                        exists: false,
+                    });
+                }
+                Err(e) => return Err(kind_from_errno(e)),
+            }
+        }
+        // The path ended on a directory (e.g. "a/b/.." or a link to "/"): name that directory.
+        let name = dirs.pop().map(|(name, _)| name);
+        Ok(Resolved {
+            dirs,
+            name,
+            exists: true,
+        })
+    }
+
+    /// Follows symlinks (confined to the root, at most 40 hops) including the final component and returns
+    /// the root-relative path (no leading '/', e.g. "etc/cloud/cloud.cfg" or, for a link, "etc/shadow")
+    /// of what it names. The final component need not exist (then this is the lexical path under the
+    /// resolved parent), so callers can say where a missing file was looked for.
+    pub fn resolve(&self, rel: &Path) -> Result<PathBuf, AccessError> {
+        let ctx = Ctx::new(self, Op::Resolve, rel);
+        self.walk(rel).map(|r| r.rel_path()).map_err(|k| ctx.err(k))
+    }
+
+    /// Reads a regular file. Never blocks on a FIFO and never opens a device: the type is checked on an
+    /// O_PATH descriptor first, and the real open uses O_NONBLOCK.
+    pub fn read_file(&self, rel: &Path) -> Result<FileContents, AccessError> {
+        let mut ctx = Ctx::new(self, Op::Read, rel);
+        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
+        let path = r.rel_path();
+        ctx.resolved_to(&path);
+        if !r.exists {
+            return Err(ctx.err(AccessErrorKind::NotFound));
+        }
+        let Some(name) = r.name.as_deref() else {
+            return Err(ctx.err(AccessErrorKind::NotRegular {
+                kind: "a directory",
+            }));
+        };
+        let (mut file, st) = open_regular(r.parent(self), name).map_err(|k| ctx.err(k))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| ctx.err(kind_from_io(e)))?;
+        Ok(FileContents {
+            path,
+            bytes,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        })
+    }
+
+    /// Whether `rel` is a regular file after following links inside the root; any failure means "no",
+    /// as with Python's `os.path.isfile()`.
+    fn is_regular_file(&self, rel: &Path) -> bool {
+        let Ok(r) = self.walk(rel) else { return false };
+        let (true, Some(name)) = (r.exists, r.name.as_deref()) else {
+            return false;
+        };
+        open_in(
+            r.parent(self),
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .and_then(fstat)
+        .is_ok_and(|st| is_type(&st, SFlag::S_IFREG))
+    }
+
+    /// Lists a directory: `Ok(None)` when it does not exist (a missing drop-in directory is normal).
+    /// Entries are sorted by name bytes, which is the order cloud-init applies `*.cfg` drop-ins in.
+    pub fn list_dir(&self, rel: &Path) -> Result<Option<Vec<DirEntry>>, AccessError> {
+        let mut ctx = Ctx::new(self, Op::List, rel);
+        let r = match self.walk(rel) {
+            Ok(r) => r,
+            Err(AccessErrorKind::NotFound) => return Ok(None),
+            Err(k) => return Err(ctx.err(k)),
+        };
+        let path = r.rel_path();
+        ctx.resolved_to(&path);
+        if !r.exists {
+            return Ok(None);
+        }
+        let fd = match r.name.as_deref() {
+            None => open_in(
+                self.fd.as_fd(),
+                OsStr::new("."),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )
+            .map_err(|e| ctx.err(kind_from_errno(e)))?,
+            Some(name) => {
+                let parent = r.parent(self);
+                let probe = open_in(
+                    parent,
+                    name,
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW,
+                    Mode::empty(),
+                )
+                .map_err(|e| ctx.err(kind_from_errno(e)))?;
+                let st = fstat(&probe).map_err(|e| ctx.err(kind_from_errno(e)))?;
+                if !is_type(&st, SFlag::S_IFDIR) {
+                    return Err(ctx.err(AccessErrorKind::NotADirectory {
+                        kind: file_type_name(&st),
+                    }));
+                }
+                open_in(
+                    parent,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                    Mode::empty(),
+                )
+                .map_err(|e| ctx.err(kind_from_errno(e)))?
+            }
+        };
+        let mut dir = Dir::from_fd(fd).map_err(|e| ctx.err(kind_from_errno(e)))?;
+        let mut names = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| ctx.err(kind_from_errno(e)))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name.to_vec()));
+            }
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let entries = names
+            .into_iter()
+            .map(|name| DirEntry {
+                is_regular_file: self.is_regular_file(&path.join(&name)),
+                name,
+            })
+            .collect();
+        Ok(Some(entries))
+    }
+
+    /// Whether `rel` exists (following symlinks inside the root); used to name where we looked.
+    pub fn exists(&self, rel: &Path) -> bool {
+        self.walk(rel).is_ok_and(|r| r.exists)
+    }
+
+    /// First phase of an atomic replace. Links are resolved first, so a symlinked cloud.cfg has its target
+    /// rewritten rather than the link replaced by a file. The new contents go to a temp file next to the
+    /// target (created with O_EXCL, named ".NAME.prepare-image-….tmp": the leading dot and the non-".cfg"
+    /// ending keep cloud-init from ever reading it), which gets the original's owner, mode and every
+    /// extended attribute (SELinux label, POSIX ACLs, capabilities...) and is fsynced, so the rename in
+    /// `commit` swaps in a complete file whose metadata matches. A missing target is created as
+    /// 0644 root:root. On any error the temp file is removed.
+    pub fn prepare_write(&self, rel: &Path, contents: &[u8]) -> Result<PendingWrite, AccessError> {
+        let mut ctx = Ctx::new(self, Op::Write, rel);
+        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
+        let path = r.rel_path();
+        ctx.resolved_to(&path);
+        let Some(name) = r.name.clone() else {
+            return Err(ctx.err(AccessErrorKind::NotRegular {
+                kind: "a directory",
+            }));
+        };
+        let parent = r.parent(self);
+        let original = if r.exists {
+            Some(open_regular(parent, &name).map_err(|k| ctx.err(k))?)
+        } else {
+            None
+        };
+        let dir = open_in(
+            parent,
+            OsStr::new("."),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(|e| ctx.err(kind_from_errno(e)))?;
+        let (temp, file) = create_temp(dir.as_fd(), &name).map_err(|k| ctx.err(k))?;
+        // From here on an early return drops `pending`, which unlinks the temp file.
+        let pending = PendingWrite {
+            dir,
+            temp: Some(temp),
+            name,
+            path,
+            original_existed: original.is_some(),
+            root_display: self.path.clone(),
+            requested: ctx.requested.clone(),
+        };
+        fill_temp(file, contents, original.as_ref()).map_err(|k| ctx.err(k))?;
+        Ok(pending)
+    }
+}
+
+fn temp_name(final_name: &OsStr) -> OsString {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let suffix = format!(
+        ".prepare-image-{}-{:08x}-{}.tmp",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let keep = NAME_MAX.saturating_sub(1 + suffix.len());
+    let base = final_name.as_bytes();
+    let mut name = Vec::with_capacity(NAME_MAX);
+    name.push(b'.');
+    name.extend_from_slice(&base[..base.len().min(keep)]);
+    name.extend_from_slice(suffix.as_bytes());
+    OsString::from_vec(name)
+}
+
+fn create_temp(
+    dir: BorrowedFd<'_>,
+    final_name: &OsStr,
+) -> Result<(OsString, File), AccessErrorKind> {
+    let mut attempts = 0;
+    loop {
+        let name = temp_name(final_name);
+        // 0600 until the final owner and mode are applied, so the new contents are never more exposed
+        // than the original's.
+        match open_in(
+            dir,
+            &name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => return Ok((name, File::from(fd))),
+            Err(Errno::EEXIST) if attempts < 64 => attempts += 1,
+            Err(e) => return Err(kind_from_errno(e)),
+        }
+    }
+}
+
+/// Writes the contents and then the metadata, in the order the kernel requires: writing and chown clear
+/// setuid/setgid and file capabilities, so ownership comes after the data, the mode after ownership, and
+/// the xattrs (which include security.capability) last.
+fn fill_temp(
+    mut file: File,
+    contents: &[u8],
+    original: Option<&(File, FileStat)>,
+) -> Result<(), AccessErrorKind> {
+    file.write_all(contents).map_err(kind_from_io)?;
+    let (uid, gid, mode) = match original {
+        Some((_, st)) => (st.st_uid, st.st_gid, st.st_mode & 0o7777),
+        None => (0, 0, NEW_FILE_MODE),
+    };
+    fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(kind_from_errno)?;
+    let mode_bits = Mode::from_bits_truncate(mode);
+    fchmod(&file, mode_bits).map_err(kind_from_errno)?;
+    if let Some((orig, _)) = original {
+        copy_xattrs(orig, &file)?;
+        // Setting an access ACL rewrites the group bits (and may drop setgid for non-root): end with
+        // exactly the original's mode. chmod keeps the ACL consistent with it.
+        let st = fstat(&file).map_err(kind_from_errno)?;
+        if st.st_mode & 0o7777 != mode {
+            fchmod(&file, mode_bits).map_err(kind_from_errno)?;
+        }
+    }
+    file.sync_all().map_err(kind_from_io)
+}
+
+/// Makes the temp file's extended attributes those of the original: all of the original's are set, and
+/// ones the temp file picked up on creation (e.g. an ACL inherited from a default ACL) are removed, except
+/// `security.*` labels that a running security module assigns and manages itself.
+fn copy_xattrs(src: &File, dst: &File) -> Result<(), AccessErrorKind> {
+    let names: Vec<OsString> = match src.list_xattr() {
+        Ok(names) => names.collect(),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
+        Err(e) => return Err(xattr_error("listing", OsStr::new("names"), e)),
+    };
+    for name in &names {
+        let value = src
+            .get_xattr(name)
+            .map_err(|e| xattr_error("reading", name, e))?;
+        if let Some(value) = value {
+            dst.set_xattr(name, &value)
+                .map_err(|e| xattr_error("copying", name, e))?;
+        }
+    }
+    let extra: Vec<OsString> = match dst.list_xattr() {
+        Ok(list) => list.filter(|n| !names.contains(n)).collect(),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
+        Err(e) => return Err(xattr_error("listing", OsStr::new("names"), e)),
+    };
+    for name in extra {
+        if !name.as_bytes().starts_with(b"security.") {
+            dst.remove_xattr(&name)
+                .map_err(|e| xattr_error("removing", &name, e))?;
+        }
+    }
+    Ok(())
+}
+
+impl PendingWrite {
+    /// Resolved root-relative path that will be replaced.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, kind: AccessErrorKind) -> AccessError {
+        AccessError {
+            op: Op::Write,
+            path: self.root_display.join(&self.requested),
+            resolved: (self.path != self.requested).then(|| self.root_display.join(&self.path)),
+            kind,
+        }
+    }
+
+    /// Second phase: optionally keeps the original as NAME+suffix (a hard link, so the backup is the
+    /// original inode with all its metadata, at no copying cost), then renames the temp file over the
+    /// target and fsyncs the directory so both survive a crash. An existing backup is never overwritten:
+    /// after repeated runs the oldest original is the one worth keeping.
+    pub fn commit(mut self, backup_suffix: Option<&str>) -> Result<CommitOutcome, AccessError> {
+        let mut outcome = CommitOutcome {
+            backup: None,
+            backup_existed: false,
+        };
+        let Some(temp) = self.temp.clone() else {
+            return Err(self.err(AccessErrorKind::Other(io::Error::other(
+                "the temporary file is gone",
+            ))));
+        };
+        if let Some(suffix) = backup_suffix.filter(|_| self.original_existed) {
+            if suffix.is_empty() || suffix.contains('/') {
+                return Err(self.err(AccessErrorKind::Other(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("invalid backup suffix {suffix:?}"),
+                ))));
+            }
+            let mut backup = self.name.clone();
+            backup.push(suffix);
+            match linkat(
+                &self.dir,
+                self.name.as_os_str(),
+                &self.dir,
+                backup.as_os_str(),
+                AtFlags::empty(),
+            ) {
+                Ok(()) => outcome.backup = Some(self.path.with_file_name(&backup)),
+                Err(Errno::EEXIST) => outcome.backup_existed = true,
+                Err(e) => return Err(self.err(kind_from_errno(e))),
+            }
+        }
+        renameat(
+            &self.dir,
+            temp.as_os_str(),
+            &self.dir,
+            self.name.as_os_str(),
+        )
+        .map_err(|e| self.err(kind_from_errno(e)))?;
+        // Renamed into place: nothing left for Drop to clean up.
+        self.temp = None;
+        fsync(&self.dir).map_err(|e| self.err(kind_from_errno(e)))?;
+        Ok(outcome)
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            // Best effort: Drop cannot report, and a leftover dot-file ending in ".tmp" is ignored by
+            // cloud-init anyway.
+            let _ = unlinkat(&self.dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
