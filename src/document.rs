@@ -306,8 +306,7 @@ fn parse_yaml11_float(s: &str) -> Option<f64> {
     if let Some(exp) = exponent {
         let (_, digits) = exp.split_at(1.min(exp.len()));
         let signed = exp.starts_with(['+', '-']);
-        if !signed || digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit())
-        {
+        if !signed || digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
             return None;
         }
     }

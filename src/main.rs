@@ -1,3 +1,59 @@
-fn main() {
-    println!("Hello, world!");
+//! The `prepare-image` command: parse arguments, run, print, exit.
+//! Everything else lives in the library.
+
+use std::io::{self, IsTerminal};
+use std::process::ExitCode;
+
+use clap::Parser;
+use prepare_image::cli::{self, Cli, ColorWhen, Outcome, UsageError};
+use prepare_image::report::Style;
+
+/// Documented exit codes (README, "Exit codes").
+const EXIT_ERROR: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_PENDING: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let style = color_style(cli.output.color);
+    let mut out = io::stdout().lock();
+    let mut err = io::stderr().lock();
+    match cli::run(&cli, &mut out, &mut err, style) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Pending) => ExitCode::from(EXIT_PENDING),
+        // A closed pipe (`prepare-image ... | head`) is the reader's choice, not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("error: {e:#}\n\nFor more information, try '--help'.");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// `--color auto` colors a stream only when it is a terminal and NO_COLOR is
+/// unset (https://no-color.org); `always` and `never` are explicit choices.
+fn color_style(when: ColorWhen) -> Style {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let auto = |terminal: bool| terminal && !no_color;
+    match when {
+        ColorWhen::Always => Style {
+            color_stdout: true,
+            color_stderr: true,
+        },
+        ColorWhen::Never => Style::default(),
+        ColorWhen::Auto => Style {
+            color_stdout: auto(io::stdout().is_terminal()),
+            color_stderr: auto(io::stderr().is_terminal()),
+        },
+    }
 }

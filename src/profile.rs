@@ -75,8 +75,12 @@ pub fn built_in() -> Vec<Profile> {
 
 /// Reads a user profile file.
 pub fn load_file(path: &Path) -> Result<Profile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read profile file {} (check the path given to --profile-file)", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read profile file {} (check the path given to --profile-file)",
+            path.display()
+        )
+    })?;
     parse_profile(&text, &path.display().to_string())
         .with_context(|| format!("profile file {}", path.display()))
 }
@@ -88,7 +92,10 @@ pub fn catalogue(profile_files: &[impl AsRef<Path>]) -> Result<Vec<Profile>> {
     for file in profile_files {
         let profile = load_file(file.as_ref())?;
         if profile.name == ALL {
-            bail!("profile file {}: the name `all` is reserved; rename the profile", file.as_ref().display());
+            bail!(
+                "profile file {}: the name `all` is reserved; rename the profile",
+                file.as_ref().display()
+            );
         }
         if let Some(existing) = profiles.iter().find(|p| p.name == profile.name) {
             bail!(
@@ -129,13 +136,21 @@ impl std::error::Error for UnknownProfile {}
 
 /// Resolves a comma list such as `hostname,dns` or `all` to profiles, in the
 /// catalogue's order, each once.
-pub fn select<'a>(catalogue: &'a [Profile], list: &str) -> Result<Vec<&'a Profile>, UnknownProfile> {
+pub fn select<'a>(
+    catalogue: &'a [Profile],
+    list: &str,
+) -> Result<Vec<&'a Profile>, UnknownProfile> {
     let mut valid: Vec<String> = catalogue.iter().map(|p| p.name.clone()).collect();
     valid.push(ALL.to_string());
     let mut wanted: Vec<&str> = Vec::new();
     for name in list.split(',').map(str::trim) {
         if name == ALL {
-            wanted.extend(catalogue.iter().filter(|p| p.source == "built-in").map(|p| p.name.as_str()));
+            wanted.extend(
+                catalogue
+                    .iter()
+                    .filter(|p| p.source == "built-in")
+                    .map(|p| p.name.as_str()),
+            );
         } else if catalogue.iter().any(|p| p.name == name) {
             wanted.push(name);
         } else {
@@ -152,21 +167,34 @@ pub fn select<'a>(catalogue: &'a [Profile], list: &str) -> Result<Vec<&'a Profil
             });
         }
     }
-    Ok(catalogue.iter().filter(|p| wanted.contains(&p.name.as_str())).collect())
+    Ok(catalogue
+        .iter()
+        .filter(|p| wanted.contains(&p.name.as_str()))
+        .collect())
 }
 
 fn parse_profile(text: &str, source: &str) -> Result<Profile> {
     let doc = document::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Some(root) = doc.root else { bail!("the file is empty; see profiles/ for the format") };
+    let Some(root) = doc.root else {
+        bail!("the file is empty; see profiles/ for the format")
+    };
     let p = Fields::new(&root, &["name", "summary", "edits", "warnings"])?;
     let name = p.string("name")?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        bail!("line {}: a profile name uses letters, digits, `-` and `_` only", root.line);
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!(
+            "line {}: a profile name uses letters, digits, `-` and `_` only",
+            root.line
+        );
     }
     let edits = match p.node("edits") {
-        Some(Node { kind: NodeKind::Seq { items, .. }, .. }) if !items.is_empty() => {
-            items.iter().map(parse_edit).collect::<Result<Vec<_>>>()?
-        }
+        Some(Node {
+            kind: NodeKind::Seq { items, .. },
+            ..
+        }) if !items.is_empty() => items.iter().map(parse_edit).collect::<Result<Vec<_>>>()?,
         _ => bail!("line {}: `edits` must be a non-empty list", root.line),
     };
     Ok(Profile {
@@ -179,45 +207,87 @@ fn parse_profile(text: &str, source: &str) -> Result<Profile> {
 }
 
 fn parse_edit(node: &Node) -> Result<ProfileEdit> {
-    let f = Fields::new(node, &["set", "value", "only_where_set", "remove_module", "remove_list_value", "warnings"])?;
-    let kinds = ["set", "remove_module", "remove_list_value"].iter().filter(|k| f.node(k).is_some()).count();
+    let f = Fields::new(
+        node,
+        &[
+            "set",
+            "value",
+            "only_where_set",
+            "remove_module",
+            "remove_list_value",
+            "warnings",
+        ],
+    )?;
+    let kinds = ["set", "remove_module", "remove_list_value"]
+        .iter()
+        .filter(|k| f.node(k).is_some())
+        .count();
     if kinds != 1 {
-        bail!("line {}: an edit has exactly one of `set`, `remove_module`, `remove_list_value`", node.line);
+        bail!(
+            "line {}: an edit has exactly one of `set`, `remove_module`, `remove_list_value`",
+            node.line
+        );
     }
     let edit = if f.node("set").is_some() {
         let path: Vec<String> = f.string("set")?.split('.').map(str::to_string).collect();
         if path.iter().any(String::is_empty) {
-            bail!("line {}: `set` takes a key or a dotted key path such as network.config", node.line);
+            bail!(
+                "line {}: `set` takes a key or a dotted key path such as network.config",
+                node.line
+            );
         }
-        let value = f.node("value").map(Node::to_value).ok_or_else(|| anyhow::anyhow!("line {}: `set` needs a `value`", node.line))?;
+        let value = f
+            .node("value")
+            .map(Node::to_value)
+            .ok_or_else(|| anyhow::anyhow!("line {}: `set` needs a `value`", node.line))?;
         if matches!(value, Value::Seq(_) | Value::Map(_)) {
-            bail!("line {}: `value` must be a single value (true, false, a number or a string)", node.line);
+            bail!(
+                "line {}: `value` must be a single value (true, false, a number or a string)",
+                node.line
+            );
         }
         let only_where_set = match f.node("only_where_set").map(Node::to_value) {
             None => false,
             Some(Value::Bool(b)) => b,
             Some(_) => bail!("line {}: `only_where_set` is true or false", node.line),
         };
-        Edit::Set { path, value, add_if_missing: !only_where_set }
+        Edit::Set {
+            path,
+            value,
+            add_if_missing: !only_where_set,
+        }
     } else if f.node("remove_module").is_some() {
-        Edit::RemoveModule { module: f.string("remove_module")? }
+        Edit::RemoveModule {
+            module: f.string("remove_module")?,
+        }
     } else {
         let inner = f.node("remove_list_value").expect("counted above");
         let g = Fields::new(inner, &["key", "value"])?;
-        Edit::RemoveListValue { key: g.string("key")?, value: g.string("value")? }
+        Edit::RemoveListValue {
+            key: g.string("key")?,
+            value: g.string("value")?,
+        }
     };
-    Ok(ProfileEdit { edit, warnings: parse_warnings(f.node("warnings"))? })
+    Ok(ProfileEdit {
+        edit,
+        warnings: parse_warnings(f.node("warnings"))?,
+    })
 }
 
 fn parse_warnings(node: Option<&Node>) -> Result<Vec<Warning>> {
-    let Some(node) = node else { return Ok(Vec::new()) };
+    let Some(node) = node else {
+        return Ok(Vec::new());
+    };
     let NodeKind::Seq { items, .. } = &node.kind else {
         bail!("line {}: `warnings` must be a list", node.line);
     };
     items
         .iter()
         .map(|item| {
-            let f = Fields::new(item, &["id", "text", "when_module_listed", "unless_keeping"])?;
+            let f = Fields::new(
+                item,
+                &["id", "text", "when_module_listed", "unless_keeping"],
+            )?;
             let condition = if f.node("when_module_listed").is_some() {
                 Condition::ModuleListed(f.string("when_module_listed")?)
             } else if let Some(list) = f.node("unless_keeping") {
@@ -225,15 +295,29 @@ fn parse_warnings(node: Option<&Node>) -> Result<Vec<Warning>> {
                     Value::Seq(names) => Condition::UnlessKeeping(
                         names
                             .iter()
-                            .map(|n| n.as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("line {}: `unless_keeping` lists profile names", list.line)))
+                            .map(|n| {
+                                n.as_str().map(str::to_string).ok_or_else(|| {
+                                    anyhow::anyhow!(
+                                        "line {}: `unless_keeping` lists profile names",
+                                        list.line
+                                    )
+                                })
+                            })
                             .collect::<Result<_>>()?,
                     ),
-                    _ => bail!("line {}: `unless_keeping` is a list of profile names", list.line),
+                    _ => bail!(
+                        "line {}: `unless_keeping` is a list of profile names",
+                        list.line
+                    ),
                 }
             } else {
                 Condition::Always
             };
-            Ok(Warning { id: f.string("id")?, text: f.string("text")?, condition })
+            Ok(Warning {
+                id: f.string("id")?,
+                text: f.string("text")?,
+                condition,
+            })
         })
         .collect()
 }
@@ -247,7 +331,11 @@ struct Fields<'a> {
 impl<'a> Fields<'a> {
     fn new(node: &'a Node, allowed: &[&str]) -> Result<Self> {
         let NodeKind::Map { entries, .. } = &node.kind else {
-            bail!("line {}: expected a mapping with keys {}", node.line, allowed.join(", "));
+            bail!(
+                "line {}: expected a mapping with keys {}",
+                node.line,
+                allowed.join(", ")
+            );
         };
         for (key, _) in entries {
             match key.key_str() {
@@ -283,7 +371,19 @@ mod tests {
     #[test]
     fn built_ins_are_the_eight_settings() {
         let names: Vec<String> = built_in().into_iter().map(|p| p.name).collect();
-        assert_eq!(names, ["hostname", "hosts", "dns", "repos", "ntp", "passwords", "keys", "network"]);
+        assert_eq!(
+            names,
+            [
+                "hostname",
+                "hosts",
+                "dns",
+                "repos",
+                "ntp",
+                "passwords",
+                "keys",
+                "network"
+            ]
+        );
     }
 
     #[test]
@@ -291,8 +391,15 @@ mod tests {
         let catalogue = built_in();
         let err = select(&catalogue, "hostname,hostnme").unwrap_err();
         assert_eq!(err.suggestion.as_deref(), Some("hostname"));
-        assert!(err.to_string().contains("valid: hostname, hosts, dns"), "{err}");
-        let picked: Vec<&str> = select(&catalogue, "dns,hostname,dns").unwrap().iter().map(|p| p.name.as_str()).collect();
+        assert!(
+            err.to_string().contains("valid: hostname, hosts, dns"),
+            "{err}"
+        );
+        let picked: Vec<&str> = select(&catalogue, "dns,hostname,dns")
+            .unwrap()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(picked, ["hostname", "dns"]);
         assert_eq!(select(&catalogue, "all").unwrap().len(), 8);
         assert!(select(&catalogue, "").is_err());
@@ -300,18 +407,31 @@ mod tests {
 
     #[test]
     fn profile_typos_are_errors_with_lines() {
-        let err = parse_profile("name: x\nsummary: s\nedits:\n  - remove_modul: ntp\n", "t").unwrap_err();
-        assert!(err.to_string().contains("line 4: unknown key `remove_modul`"), "{err}");
+        let err =
+            parse_profile("name: x\nsummary: s\nedits:\n  - remove_modul: ntp\n", "t").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("line 4: unknown key `remove_modul`"),
+            "{err}"
+        );
         let err = parse_profile("name: x\nsummary: s\nedits: []\n", "t").unwrap_err();
         assert!(err.to_string().contains("non-empty"), "{err}");
     }
 
     #[test]
     fn set_edits_read_values_as_yaml() {
-        let p = parse_profile("name: x\nsummary: s\nedits:\n  - set: a.b\n    value: off\n    only_where_set: true\n", "t").unwrap();
+        let p = parse_profile(
+            "name: x\nsummary: s\nedits:\n  - set: a.b\n    value: off\n    only_where_set: true\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(
             p.edits[0].edit,
-            Edit::Set { path: vec!["a".into(), "b".into()], value: Value::Bool(false), add_if_missing: false }
+            Edit::Set {
+                path: vec!["a".into(), "b".into()],
+                value: Value::Bool(false),
+                add_if_missing: false
+            }
         );
     }
 }

@@ -1,0 +1,284 @@
+//! Planning a keep: which files to edit, and how, so that every requested
+//! setting holds in the effective configuration and nothing else changes.
+//!
+//! Edits go into the file where a value lives, never into a new drop-in that
+//! shadows it. A shadowing drop-in would have to copy whole module lists
+//! (cloud-init replaces lists whole), and those copies would silently go
+//! stale when a package update changes cloud.cfg; an edit in place is the
+//! smallest change, shows the user the very file that decided, and keeps
+//! working if a drop-in is removed later. So:
+//! - module removals apply to every module list of every file;
+//! - a `set` that the effective configuration already satisfies changes
+//!   nothing; otherwise every file that sets the key is edited, and only
+//!   when no file sets it is the key added, to cloud.cfg.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::document::Value;
+use crate::editor::{self, Edit};
+use crate::effective::{ConfigSet, SettingState, setting_state};
+use crate::profile::{Condition, Profile, Warning};
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub files: Vec<FilePlan>,
+    /// Warnings that apply to this run, each once, in profile order.
+    pub warnings: Vec<Warning>,
+    /// Per requested setting: before and after the edit.
+    pub before: Vec<SettingState>,
+    pub after: Vec<SettingState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilePlan {
+    /// Root-relative path.
+    pub path: PathBuf,
+    pub old_text: String,
+    pub new_text: String,
+    pub changes: Vec<PlannedChange>,
+}
+
+impl FilePlan {
+    pub fn changed(&self) -> bool {
+        self.old_text != self.new_text
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedChange {
+    /// The profiles that asked for this change, in the order requested.
+    pub profiles: Vec<String>,
+    pub line: usize,
+    pub what: String,
+}
+
+impl Plan {
+    pub fn pending(&self) -> bool {
+        self.files.iter().any(FilePlan::changed)
+    }
+}
+
+/// One distinct edit and who asked for it.
+struct Wanted<'a> {
+    edit: &'a Edit,
+    profiles: Vec<&'a str>,
+    warnings: Vec<&'a Warning>,
+}
+
+/// Plans the edits that keep `profiles` in `set`. Pure: reads nothing and
+/// writes nothing.
+pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for profile in profiles {
+        for pe in &profile.edits {
+            match wanted.iter_mut().find(|w| *w.edit == pe.edit) {
+                Some(w) => {
+                    w.profiles.push(&profile.name);
+                    w.warnings.extend(&pe.warnings);
+                }
+                None => wanted.push(Wanted {
+                    edit: &pe.edit,
+                    profiles: vec![&profile.name],
+                    warnings: pe.warnings.iter().collect(),
+                }),
+            }
+        }
+    }
+    let effective = set.effective();
+
+    // Per-file edits: the edit as given for removals; for a `set`, only
+    // where the key is already present, unless no file sets it at all.
+    let mut per_file: Vec<Vec<(usize, Edit)>> = vec![Vec::new(); set.files.len()];
+    for (index, w) in wanted.iter().enumerate() {
+        match w.edit {
+            Edit::Set {
+                path,
+                value,
+                add_if_missing,
+            } => {
+                let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+                let decision = set.decider(&keys);
+                if decision
+                    .as_ref()
+                    .is_some_and(|d| d.complete && editor::satisfies(&d.node.to_value(), value))
+                {
+                    continue;
+                }
+                if decision.is_none() && !add_if_missing {
+                    continue;
+                }
+                let in_place = Edit::Set {
+                    path: path.clone(),
+                    value: value.clone(),
+                    add_if_missing: false,
+                };
+                let defined_somewhere = set
+                    .files
+                    .iter()
+                    .any(|f| f.doc.root.as_ref().and_then(|r| r.get(&path[0])).is_some());
+                for (file_index, edits) in per_file.iter_mut().enumerate() {
+                    let add_here = *add_if_missing && !defined_somewhere && file_index == 0;
+                    let edit = if add_here {
+                        w.edit.clone()
+                    } else {
+                        in_place.clone()
+                    };
+                    edits.push((index, edit));
+                }
+            }
+            _ => {
+                for edits in per_file.iter_mut() {
+                    edits.push((index, w.edit.clone()));
+                }
+            }
+        }
+    }
+
+    let mut files = Vec::new();
+    // Which wanted edits changed something: their warnings apply.
+    let mut changed_wanted = vec![false; wanted.len()];
+    for (file, edits) in set.files.iter().zip(&per_file) {
+        let just_edits: Vec<Edit> = edits.iter().map(|(_, e)| e.clone()).collect();
+        let edited = editor::apply(&file.text, &just_edits)
+            .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+        let is_drop_in = !files.is_empty();
+        let changes = edited
+            .changes
+            .iter()
+            .map(|c| {
+                let w = &wanted[edits[c.edit].0];
+                changed_wanted[edits[c.edit].0] = true;
+                let mut what = c.what.clone();
+                if is_drop_in && matches!(w.edit, Edit::Set { .. }) {
+                    what.push_str(" (this drop-in decides the value over cloud.cfg)");
+                }
+                PlannedChange {
+                    profiles: w.profiles.iter().map(|p| p.to_string()).collect(),
+                    line: c.line,
+                    what,
+                }
+            })
+            .collect();
+        files.push(FilePlan {
+            path: file.path.clone(),
+            old_text: file.text.clone(),
+            new_text: edited.text,
+            changes,
+        });
+    }
+
+    // The edited set must keep every requested setting and mean exactly the
+    // intended change of the effective configuration, nothing else.
+    let new_set = set.with_texts(&files.iter().map(|f| f.new_text.clone()).collect::<Vec<_>>())?;
+    let mut expected = effective.clone();
+    for w in &wanted {
+        apply_effective(&mut expected, w.edit);
+    }
+    let actual = new_set.effective();
+    if actual != expected {
+        bail!(
+            "internal error: the edits would change the effective configuration beyond what was asked; nothing was written \
+             (expected {expected}, got {actual}); please report this with the files"
+        );
+    }
+    let before: Vec<SettingState> = profiles.iter().map(|p| setting_state(set, p)).collect();
+    let after: Vec<SettingState> = profiles
+        .iter()
+        .map(|p| setting_state(&new_set, p))
+        .collect();
+    if let Some(failed) = after.iter().find(|s| !s.kept) {
+        let why: Vec<String> = failed
+            .reasons
+            .iter()
+            .filter(|r| r.overwrites)
+            .map(|r| r.text.clone())
+            .collect();
+        bail!(
+            "could not keep {}: {}; nothing was written",
+            failed.setting,
+            why.join("; ")
+        );
+    }
+
+    let mut warnings: Vec<Warning> = Vec::new();
+    let keeping: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+    let mut push = |warning: &Warning| {
+        let applies = match &warning.condition {
+            Condition::Always => true,
+            Condition::ModuleListed(module) => !set.module_entries(module).is_empty(),
+            Condition::UnlessKeeping(names) => !names.iter().any(|n| keeping.contains(&n.as_str())),
+        };
+        if applies && !warnings.iter().any(|w| w.id == warning.id) {
+            warnings.push(warning.clone());
+        }
+    };
+    for (index, w) in wanted.iter().enumerate() {
+        if changed_wanted[index] {
+            w.warnings.iter().for_each(|warning| push(warning));
+        }
+    }
+    for profile in profiles {
+        let changed = wanted
+            .iter()
+            .zip(&changed_wanted)
+            .any(|(w, changed)| *changed && w.profiles.contains(&profile.name.as_str()));
+        if changed {
+            profile.warnings.iter().for_each(|warning| push(warning));
+        }
+    }
+    warnings.extend(duplicate_key_warnings(set, &wanted));
+    Ok(Plan {
+        files,
+        warnings,
+        before,
+        after,
+    })
+}
+
+/// The intended change to the effective configuration (see the module doc).
+fn apply_effective(effective: &mut Value, edit: &Edit) {
+    editor::apply_to_value(effective, edit);
+}
+
+/// PyYAML keeps the last of duplicated keys; we edited all of them, and say so.
+fn duplicate_key_warnings(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for file in &set.files {
+        let Some(root) = &file.doc.root else { continue };
+        let crate::document::NodeKind::Map { entries, .. } = &root.kind else {
+            continue;
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for (key, _) in entries {
+            let Some(name) = key.key_str() else { continue };
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            let touched = wanted.iter().any(|w| match w.edit {
+                Edit::Set { path, .. } => path[0] == name,
+                Edit::RemoveModule { .. } => editor::is_module_list_key(name),
+                Edit::RemoveListValue { key, .. } => key == name,
+            });
+            let lines: Vec<String> = root
+                .entries_for(name)
+                .map(|(k, _)| k.line.to_string())
+                .collect();
+            if touched && lines.len() > 1 {
+                warnings.push(Warning {
+                    id: "duplicate-key".to_string(),
+                    text: format!(
+                        "{name} is defined {} times in {} (lines {}); cloud-init (PyYAML) uses the last one; every occurrence was edited",
+                        lines.len(),
+                        file.path.display(),
+                        lines.join(", ")
+                    ),
+                    condition: Condition::Always,
+                });
+            }
+        }
+    }
+    warnings
+}

@@ -1,0 +1,389 @@
+//! Reporting: the diff, the summary, warnings, status and the JSON document.
+//!
+//! Text mode keeps stdout for the diff alone, so `--dry-run > review.patch`
+//! is a patch; everything for people (root, changes, warnings, summary) goes
+//! to stderr. JSON mode writes one document to stdout; warnings still go to
+//! stderr as well, where a person watching a pipeline sees them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anstyle::{AnsiColor, Style as AnsiStyle};
+use anyhow::Result;
+use serde_json::json;
+use similar::TextDiff;
+
+use crate::cli::Format;
+use crate::editor::Edit;
+use crate::effective::SettingState;
+use crate::plan::Plan;
+use crate::profile::{Condition, Profile};
+use crate::rootfs::Root;
+
+/// Appended to a file's name for `--backup`. It does not end in `.cfg`, so
+/// cloud-init never reads a backup inside cloud.cfg.d.
+pub const BACKUP_SUFFIX: &str = ".prepare-image.bak";
+
+/// Version of the JSON document's schema (see README, "JSON report").
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    DryRun,
+    Check,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Apply => "apply",
+            Mode::DryRun => "dry-run",
+            Mode::Check => "check",
+        }
+    }
+}
+
+/// Whether each stream gets color.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Style {
+    pub color_stdout: bool,
+    pub color_stderr: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    pub file: PathBuf,
+    pub backup: PathBuf,
+    /// An older backup was already there and was left alone.
+    pub existed: bool,
+}
+
+/// A unified diff of one file, with a/ and b/ paths relative to the root,
+/// for `patch -p1 -d ROOT`.
+pub fn unified_diff(path: &Path, old: &str, new: &str) -> String {
+    if old == new {
+        return String::new();
+    }
+    let path = path.display();
+    TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .missing_newline_hint(true)
+        .header(&format!("a/{path}"), &format!("b/{path}"))
+        .to_string()
+}
+
+fn paint(text: &str, style: AnsiStyle, on: bool) -> String {
+    if on {
+        format!("{style}{text}{style:#}")
+    } else {
+        text.to_string()
+    }
+}
+
+fn color_diff(diff: &str, on: bool) -> String {
+    if !on {
+        return diff.to_string();
+    }
+    diff.split_inclusive('\n')
+        .map(|line| {
+            let style = if line.starts_with("+++") || line.starts_with("---") {
+                AnsiStyle::new().bold()
+            } else if line.starts_with('+') {
+                AnsiColor::Green.on_default()
+            } else if line.starts_with('-') {
+                AnsiColor::Red.on_default()
+            } else if line.starts_with("@@") {
+                AnsiColor::Cyan.on_default()
+            } else {
+                AnsiStyle::new()
+            };
+            let (body, eol) = match line.strip_suffix('\n') {
+                Some(b) => (b, "\n"),
+                None => (line, ""),
+            };
+            format!("{}{eol}", paint(body, style, true))
+        })
+        .collect()
+}
+
+fn location(file: &Option<PathBuf>, line: Option<usize>) -> Option<String> {
+    let file = file.as_ref()?;
+    Some(match line {
+        Some(l) => format!("{}:{l}", file.display()),
+        None => file.display().to_string(),
+    })
+}
+
+fn state_word(kept: bool) -> &'static str {
+    if kept { "kept" } else { "overwritten" }
+}
+
+fn setting_json(state: &SettingState) -> serde_json::Value {
+    json!({
+        "state": state_word(state.kept),
+        "reasons": state.reasons.iter().map(|r| json!({
+            "file": r.file.as_ref().map(|f| f.display().to_string()),
+            "line": r.line,
+            "text": r.text,
+            "overwrites": r.overwrites,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn keep(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    root: &Root,
+    plan: &Plan,
+    selected: &[&Profile],
+    mode: Mode,
+    backups: &[Backup],
+    format: Format,
+    style: Style,
+) -> Result<()> {
+    let names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
+    let changed: Vec<&crate::plan::FilePlan> = plan.files.iter().filter(|f| f.changed()).collect();
+    let change_count: usize = changed.iter().map(|f| f.changes.len()).sum();
+    let root_display = root.path().display();
+    let print_warnings = |err: &mut dyn Write| -> Result<()> {
+        for w in &plan.warnings {
+            writeln!(
+                err,
+                "{} {} [{}]",
+                paint(
+                    "warning:",
+                    AnsiColor::Yellow.on_default().bold(),
+                    style.color_stderr
+                ),
+                w.text,
+                w.id
+            )?;
+        }
+        Ok(())
+    };
+    let result = match (mode, plan.pending()) {
+        (_, false) => "unchanged",
+        (Mode::Apply, true) => "changed",
+        (Mode::DryRun, true) => "would-change",
+        (Mode::Check, true) => "pending",
+    };
+    if format == Format::Json {
+        let doc = json!({
+            "version": JSON_SCHEMA_VERSION,
+            "root": root.path().display().to_string(),
+            "mode": mode.name(),
+            "keep": names,
+            "result": result,
+            "files": plan.files.iter().map(|f| json!({
+                "path": f.path.display().to_string(),
+                "changed": f.changed(),
+                "diff": unified_diff(&f.path, &f.old_text, &f.new_text),
+                "backup": backups.iter().find(|b| b.file == f.path).map(|b| b.backup.display().to_string()),
+            })).collect::<Vec<_>>(),
+            "changes": plan.files.iter().flat_map(|f| f.changes.iter().map(move |c| json!({
+                "profile": c.profiles.first(),
+                "profiles": c.profiles,
+                "file": f.path.display().to_string(),
+                "line": c.line,
+                "what": c.what,
+            }))).collect::<Vec<_>>(),
+            "warnings": plan.warnings.iter().map(|w| json!({"id": w.id, "text": w.text})).collect::<Vec<_>>(),
+            "settings": plan.before.iter().zip(&plan.after).map(|(b, a)| json!({
+                "setting": a.setting,
+                "before": setting_json(b),
+                "after": setting_json(a),
+            })).collect::<Vec<_>>(),
+        });
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+        print_warnings(err)?;
+        return Ok(());
+    }
+    for file in &changed {
+        write!(
+            out,
+            "{}",
+            color_diff(
+                &unified_diff(&file.path, &file.old_text, &file.new_text),
+                style.color_stdout
+            )
+        )?;
+    }
+    writeln!(err, "prepare-image: root {root_display}")?;
+    for file in &changed {
+        let mut changes: Vec<_> = file.changes.iter().collect();
+        changes.sort_by_key(|c| c.line);
+        for c in changes {
+            writeln!(
+                err,
+                "  {}:{}: [{}] {}",
+                file.path.display(),
+                c.line,
+                c.profiles.join(","),
+                c.what
+            )?;
+        }
+    }
+    for b in backups {
+        if b.existed {
+            writeln!(
+                err,
+                "  {} already exists: left alone (it holds an older original)",
+                b.backup.display()
+            )?;
+        } else {
+            writeln!(err, "  backup: {}", b.backup.display())?;
+        }
+    }
+    print_warnings(err)?;
+    let files: Vec<String> = changed
+        .iter()
+        .map(|f| f.path.display().to_string())
+        .collect();
+    let kept = names.join(", ");
+    let summary = match (mode, plan.pending()) {
+        (_, false) => format!("{kept}: already kept in {root_display}; nothing to do"),
+        (Mode::Apply, true) => format!(
+            "kept {kept} in {root_display}: {change_count} change(s) in {}",
+            files.join(", ")
+        ),
+        (Mode::DryRun, true) => {
+            format!(
+                "dry run: {change_count} change(s) to {} in {root_display} would keep {kept}; nothing written",
+                files.join(", ")
+            )
+        }
+        (Mode::Check, true) => {
+            let not_kept: Vec<&str> = plan
+                .before
+                .iter()
+                .filter(|s| !s.kept)
+                .map(|s| s.setting.as_str())
+                .collect();
+            let what = if not_kept.is_empty() {
+                "cleanup".to_string()
+            } else {
+                format!("overwritten at first boot: {}", not_kept.join(", "))
+            };
+            format!(
+                "check: {change_count} change(s) pending in {} in {root_display} ({what})",
+                files.join(", ")
+            )
+        }
+    };
+    writeln!(err, "{summary}")?;
+    Ok(())
+}
+
+pub fn status(
+    out: &mut dyn Write,
+    root: &Root,
+    states: &[SettingState],
+    format: Format,
+) -> Result<()> {
+    if format == Format::Json {
+        let doc = json!({
+            "version": JSON_SCHEMA_VERSION,
+            "root": root.path().display().to_string(),
+            "settings": states.iter().map(|s| {
+                let mut v = setting_json(s);
+                v["setting"] = json!(s.setting);
+                v
+            }).collect::<Vec<_>>(),
+        });
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "root: {}", root.path().display())?;
+    let width = states.iter().map(|s| s.setting.len()).max().unwrap_or(0);
+    for s in states {
+        let decisive: Vec<String> = s
+            .reasons
+            .iter()
+            .filter(|r| r.overwrites == !s.kept || s.kept)
+            .map(|r| match location(&r.file, r.line) {
+                Some(loc) => format!("{} ({loc})", r.text),
+                None => r.text.clone(),
+            })
+            .collect();
+        writeln!(
+            out,
+            "{:width$}  {:11}  {}",
+            s.setting,
+            state_word(s.kept),
+            decisive.join("; ")
+        )?;
+    }
+    Ok(())
+}
+
+pub fn profiles(out: &mut dyn Write, catalogue: &[Profile], format: Format) -> Result<()> {
+    if format == Format::Json {
+        let doc = json!({
+            "version": JSON_SCHEMA_VERSION,
+            "profiles": catalogue.iter().map(|p| json!({
+                "name": p.name,
+                "summary": p.summary,
+                "source": p.source,
+                "edits": p.edits.iter().map(|e| json!({
+                    "edit": e.edit.to_string(),
+                    "warnings": e.warnings.iter().map(|w| json!({"id": w.id, "text": w.text, "when": condition_text(&w.condition)})).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "warnings": p.warnings.iter().map(|w| json!({"id": w.id, "text": w.text, "when": condition_text(&w.condition)})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for (i, p) in catalogue.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        let source = if p.source == "built-in" {
+            String::new()
+        } else {
+            format!(" (from {})", p.source)
+        };
+        writeln!(out, "{}: {}{source}", p.name, p.summary)?;
+        for e in &p.edits {
+            writeln!(out, "  edit: {}", edit_text(&e.edit))?;
+            for w in &e.warnings {
+                writeln!(
+                    out,
+                    "    breaks: {}{}",
+                    w.text,
+                    condition_suffix(&w.condition)
+                )?;
+            }
+        }
+        for w in &p.warnings {
+            writeln!(out, "  note: {}{}", w.text, condition_suffix(&w.condition))?;
+        }
+    }
+    Ok(())
+}
+
+fn edit_text(edit: &Edit) -> String {
+    edit.to_string()
+}
+
+fn condition_text(condition: &Condition) -> Option<String> {
+    match condition {
+        Condition::Always => None,
+        Condition::ModuleListed(m) => Some(format!("while {m} is in a module list")),
+        Condition::UnlessKeeping(names) => {
+            Some(format!("unless also keeping {}", names.join(", ")))
+        }
+    }
+}
+
+fn condition_suffix(condition: &Condition) -> String {
+    condition_text(condition)
+        .map(|c| format!(" ({c})"))
+        .unwrap_or_default()
+}
