@@ -8,10 +8,12 @@ use anyhow::{Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::effective::{self, setting_state};
+use crate::image::interrupt;
 use crate::plan::{self, Plan};
 use crate::profile::{self, Profile};
-use crate::report::{self, Mode, Style};
+use crate::report::{self, Mode, Style, TargetDescription};
 use crate::rootfs::Root;
+use crate::target::Target;
 
 /// Keep chosen settings of a cloud image through cloud-init's first boot.
 ///
@@ -26,7 +28,7 @@ use crate::rootfs::Root;
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Exit codes: 0 done or nothing to do (--dry-run: always 0), 1 error, 2 usage error, 3 changes pending (--check)."
+    after_help = "Exit codes: 0 done or nothing to do (--dry-run: always 0), 1 error, 2 usage error, 3 changes pending (--check), 128+N stopped by signal N."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -50,7 +52,8 @@ pub struct KeepArgs {
     #[arg(short = 'n', long, conflicts_with = "check")]
     pub dry_run: bool,
 
-    /// Change nothing; exit 3 if changes are pending, 0 if every setting is already kept.
+    /// Change nothing; print the pending diff; exit 3 if changes are pending,
+    /// 0 if every setting is already kept.
     #[arg(long)]
     pub check: bool,
 
@@ -58,9 +61,15 @@ pub struct KeepArgs {
     #[arg(long, conflicts_with_all = ["dry_run", "check"])]
     pub backup: bool,
 
-    /// Root directory of the image (a mounted image, a chroot, or / for the live system).
+    /// The image's root: a directory (a mounted image, a chroot, / for the
+    /// live system) or an image file (raw, qcow2, vmdk, vhd, vhdx).
     #[arg(value_name = "TARGET", default_value = "/")]
     pub target: PathBuf,
+
+    /// For an image file: the partition holding the root filesystem (default:
+    /// the one partition that holds etc/cloud/cloud.cfg).
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -83,9 +92,13 @@ pub enum Command {
     /// Show, per setting, whether cloud-init keeps it or overwrites it at first
     /// boot, and which file and line decide.
     Status {
-        /// Root directory of the image.
+        /// The image's root directory, or an image file.
         #[arg(value_name = "TARGET", default_value = "/")]
         target: PathBuf,
+
+        /// For an image file: the partition holding the root filesystem.
+        #[arg(long, value_name = "N")]
+        partition: Option<u32>,
     },
     /// List the profiles: what each edits and what it breaks.
     Profiles,
@@ -128,20 +141,42 @@ impl std::error::Error for UsageError {}
 /// Runs the command. Text for people goes to `err` (stderr), the diff and
 /// machine-readable output to `out` (stdout).
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) -> Result<Outcome> {
+    // Before anything is acquired: a Ctrl-C must reach a point where the
+    // guards can release what was set up, not kill us in the middle.
+    interrupt::install()?;
     let catalogue = profile::catalogue(&cli.output.profile_file)?;
     match &cli.command {
         Some(Command::Profiles) => {
             report::profiles(out, &catalogue, cli.output.format)?;
             Ok(Outcome::Success)
         }
-        Some(Command::Status { target }) => {
-            let root = Root::open(target)?;
-            let set = effective::load(&root)?;
-            let states: Vec<_> = catalogue.iter().map(|p| setting_state(&set, p)).collect();
-            report::status(out, &root, &states, cli.output.format)?;
-            Ok(Outcome::Success)
+        Some(Command::Status { target, partition }) => {
+            let target = Target::open(target, false, *partition)?;
+            let result = (|| {
+                let set = effective::load(target.root())?;
+                let states: Vec<_> = catalogue.iter().map(|p| setting_state(&set, p)).collect();
+                report::status(out, &describe(&target), &states, cli.output.format)?;
+                Ok(Outcome::Success)
+            })();
+            finish(target, result)
         }
         None => keep(cli, &catalogue, out, err, style),
+    }
+}
+
+/// Releases the target whatever happened; the run's own error wins over a
+/// release error, which is reported when the run itself succeeded.
+fn finish(target: Target, result: Result<Outcome>) -> Result<Outcome> {
+    let closed = target.close();
+    let outcome = result?;
+    closed?;
+    Ok(outcome)
+}
+
+fn describe(target: &Target) -> TargetDescription {
+    TargetDescription {
+        path: target.display_path(),
+        image: target.image().cloned(),
     }
 }
 
@@ -163,30 +198,39 @@ fn keep(
     } else {
         Mode::Apply
     };
-    let root = Root::open(&args.target)?;
-    let set = effective::load(&root)?;
-    let plan = plan::plan(&set, &selected)?;
-    let backups = if mode == Mode::Apply {
-        write(&root, &plan, args.backup)?
-    } else {
-        Vec::new()
-    };
-    report::keep(
-        out,
-        err,
-        &root,
-        &plan,
-        &selected,
-        mode,
-        &backups,
-        cli.output.format,
-        style,
-    )?;
-    Ok(if mode == Mode::Check && plan.pending() {
-        Outcome::Pending
-    } else {
-        Outcome::Success
-    })
+    // Only a real run opens an image read-write; a dry run or check cannot
+    // change a byte of it.
+    let target = Target::open(&args.target, mode == Mode::Apply, args.partition)?;
+    let result = (|| {
+        interrupt::pause_point("mounted")?;
+        let set = effective::load(target.root())?;
+        let plan = plan::plan(&set, &selected)?;
+        interrupt::check()?;
+        let backups = if mode == Mode::Apply {
+            write(target.root(), &plan, args.backup)?
+        } else {
+            Vec::new()
+        };
+        // From here on the files are written; a signal only shortens cleanup.
+        let _ = interrupt::pause_point("written");
+        report::keep(
+            out,
+            err,
+            &describe(&target),
+            &plan,
+            &selected,
+            mode,
+            &backups,
+            cli.output.format,
+            style,
+        )?;
+        Ok(if mode == Mode::Check && plan.pending() {
+            Outcome::Pending
+        } else {
+            Outcome::Success
+        })
+    })();
+    finish(target, result)
 }
 
 /// Writes every changed file: all temp files are prepared first, so a failure

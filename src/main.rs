@@ -6,12 +6,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use prepare_image::cli::{self, Cli, ColorWhen, Outcome, UsageError};
+use prepare_image::image::interrupt::Interrupted;
 use prepare_image::report::Style;
 
 /// Documented exit codes (README, "Exit codes").
 const EXIT_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_PENDING: u8 = 3;
+/// Stopped by signal N: 128 + N, as shells report it.
+const EXIT_SIGNAL_BASE: u8 = 128;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,6 +26,11 @@ fn main() -> ExitCode {
         Ok(Outcome::Pending) => ExitCode::from(EXIT_PENDING),
         // A closed pipe (`prepare-image ... | head`) is the reader's choice, not an error.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            eprintln!("error: {e:#}");
+            let signal = e.downcast_ref::<Interrupted>().map_or(0, |i| i.0);
+            ExitCode::from(EXIT_SIGNAL_BASE.saturating_add(signal as u8))
+        }
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
             eprintln!("error: {e:#}\n\nFor more information, try '--help'.");
             ExitCode::from(EXIT_USAGE)
@@ -35,9 +43,17 @@ fn main() -> ExitCode {
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<io::Error>())
-        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    e.chain().any(|c| {
+        // JSON output is written through serde_json, which wraps the io::Error in its own type.
+        let kind = c
+            .downcast_ref::<io::Error>()
+            .map(io::Error::kind)
+            .or_else(|| {
+                c.downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            });
+        kind == Some(io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// `--color auto` colors a stream only when it is a terminal and NO_COLOR is

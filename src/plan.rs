@@ -10,7 +10,10 @@
 //! - module removals apply to every module list of every file;
 //! - a `set` that the effective configuration already satisfies changes
 //!   nothing; otherwise every file that sets the key is edited, and only
-//!   when no file sets it is the key added, to cloud.cfg.
+//!   when no file sets it is the key added: into the file whose non-mapping
+//!   value hides the path, else into the highest-precedence file holding a
+//!   mapping at the top-level key (`network: {renderers: [..]}`), else to
+//!   cloud.cfg.
 
 use std::path::PathBuf;
 
@@ -114,12 +117,26 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
                     value: value.clone(),
                     add_if_missing: false,
                 };
-                let defined_somewhere = set
-                    .files
-                    .iter()
-                    .any(|f| f.doc.root.as_ref().and_then(|r| r.get(&path[0])).is_some());
+                // Where the path must be added when no file decides it at the
+                // full path: in the file whose non-mapping value hides it (the
+                // decider, e.g. a drop-in's `network: 5`); else in the
+                // highest-precedence file whose mapping at the top-level key
+                // is merged over the lower ones (a drop-in's
+                // `network: {renderers: [..]}`); else in cloud.cfg.
+                let add_to = match &decision {
+                    Some(d) if d.complete => None,
+                    Some(d) => Some(d.file),
+                    None => Some(
+                        set.files
+                            .iter()
+                            .rposition(|f| {
+                                f.doc.root.as_ref().and_then(|r| r.get(&path[0])).is_some()
+                            })
+                            .unwrap_or(0),
+                    ),
+                };
                 for (file_index, edits) in per_file.iter_mut().enumerate() {
-                    let add_here = *add_if_missing && !defined_somewhere && file_index == 0;
+                    let add_here = *add_if_missing && add_to == Some(file_index);
                     let edit = if add_here {
                         w.edit.clone()
                     } else {
@@ -281,4 +298,77 @@ fn duplicate_key_warnings(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Warning> {
         }
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile;
+
+    fn set(files: &[(&str, &str)]) -> ConfigSet {
+        ConfigSet::from_texts(
+            files
+                .iter()
+                .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn keep_network(files: &[(&str, &str)]) -> Vec<String> {
+        let catalogue = profile::built_in();
+        let network = profile::select(&catalogue, "network").unwrap();
+        let plan = plan(&set(files), &network).unwrap_or_else(|e| panic!("{files:?}: {e:#}"));
+        assert!(plan.after.iter().all(|s| s.kept));
+        plan.files.into_iter().map(|f| f.new_text).collect()
+    }
+
+    #[test]
+    fn a_missing_nested_key_is_added_where_the_prefix_lives() {
+        // A mapping without the key: it is added into that mapping, in the
+        // file that holds it (before this, nothing was edited and the plan
+        // failed its own verification).
+        assert_eq!(
+            keep_network(&[("cloud.cfg", "network:\n  renderers: [eni]\n")]),
+            ["network:\n  config: disabled\n  renderers: [eni]\n"]
+        );
+        assert_eq!(
+            keep_network(&[
+                ("cloud.cfg", "a: 1\n"),
+                ("d/50.cfg", "network: {renderers: [x]}\n")
+            ]),
+            ["a: 1\n", "network: {config: disabled, renderers: [x]}\n"]
+        );
+        // The highest mapping gets it, over a lower one.
+        assert_eq!(
+            keep_network(&[
+                ("cloud.cfg", "network: {renderers: [y]}\n"),
+                ("d/50.cfg", "network: {renderers: [x]}\n"),
+            ]),
+            [
+                "network: {renderers: [y]}\n",
+                "network: {config: disabled, renderers: [x]}\n"
+            ]
+        );
+        // A non-mapping that hides the path is replaced where it is.
+        assert_eq!(
+            keep_network(&[("cloud.cfg", "a: 1\n"), ("d/50.cfg", "network: 5\n")]),
+            ["a: 1\n", "network: {config: disabled}\n"]
+        );
+        assert_eq!(
+            keep_network(&[
+                ("cloud.cfg", "network: {config: enabled}\n"),
+                ("d/50.cfg", "network:\n")
+            ]),
+            [
+                "network: {config: disabled}\n",
+                "network: {config: disabled}\n"
+            ]
+        );
+        // Nothing anywhere: added to cloud.cfg.
+        assert_eq!(
+            keep_network(&[("cloud.cfg", "a: 1\n"), ("d/50.cfg", "b: 2\n")]),
+            ["a: 1\nnetwork: {config: disabled}\n", "b: 2\n"]
+        );
+    }
 }

@@ -143,7 +143,8 @@ pub fn select<'a>(
     let mut valid: Vec<String> = catalogue.iter().map(|p| p.name.clone()).collect();
     valid.push(ALL.to_string());
     let mut wanted: Vec<&str> = Vec::new();
-    for name in list.split(',').map(str::trim) {
+    // Empty items (`hostname,` or `a,,b`) are tolerated; an empty list is not.
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         if name == ALL {
             wanted.extend(
                 catalogue
@@ -166,6 +167,13 @@ pub fn select<'a>(
                 valid,
             });
         }
+    }
+    if wanted.is_empty() {
+        return Err(UnknownProfile {
+            name: String::new(),
+            suggestion: None,
+            valid,
+        });
     }
     Ok(catalogue
         .iter()
@@ -403,6 +411,8 @@ mod tests {
         assert_eq!(picked, ["hostname", "dns"]);
         assert_eq!(select(&catalogue, "all").unwrap().len(), 8);
         assert!(select(&catalogue, "").is_err());
+        assert!(select(&catalogue, " , ").is_err());
+        assert_eq!(select(&catalogue, "hostname,").unwrap().len(), 1);
     }
 
     #[test]

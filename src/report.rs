@@ -16,9 +16,9 @@ use similar::TextDiff;
 use crate::cli::Format;
 use crate::editor::Edit;
 use crate::effective::SettingState;
+use crate::image::open::ImageInfo;
 use crate::plan::Plan;
 use crate::profile::{Condition, Profile};
-use crate::rootfs::Root;
 
 /// Appended to a file's name for `--backup`. It does not end in `.cfg`, so
 /// cloud-init never reads a backup inside cloud.cfg.d.
@@ -57,6 +57,45 @@ pub struct Backup {
     pub backup: PathBuf,
     /// An older backup was already there and was left alone.
     pub existed: bool,
+}
+
+/// What a run worked on, as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetDescription {
+    /// The directory or image file given as TARGET.
+    pub path: PathBuf,
+    /// For an image file: its format, table, partition and filesystem.
+    pub image: Option<ImageInfo>,
+}
+
+impl TargetDescription {
+    /// "root DIR" or "image FILE (qcow2, gpt (512-byte sectors), partition 2, ext4)".
+    fn headline(&self) -> String {
+        match &self.image {
+            None => format!("root {}", self.path.display()),
+            Some(i) => format!(
+                "image {} ({}, table {}, partition {}, {})",
+                self.path.display(),
+                i.format.name(),
+                i.table,
+                i.partition,
+                i.filesystem
+            ),
+        }
+    }
+
+    fn image_json(&self) -> serde_json::Value {
+        match &self.image {
+            None => serde_json::Value::Null,
+            Some(i) => json!({
+                "path": i.path.display().to_string(),
+                "format": i.format.name(),
+                "table": i.table,
+                "partition": i.partition,
+                "filesystem": i.filesystem,
+            }),
+        }
+    }
 }
 
 /// A unified diff of one file, with a/ and b/ paths relative to the root,
@@ -136,7 +175,7 @@ fn setting_json(state: &SettingState) -> serde_json::Value {
 pub fn keep(
     out: &mut dyn Write,
     err: &mut dyn Write,
-    root: &Root,
+    target: &TargetDescription,
     plan: &Plan,
     selected: &[&Profile],
     mode: Mode,
@@ -147,7 +186,7 @@ pub fn keep(
     let names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
     let changed: Vec<&crate::plan::FilePlan> = plan.files.iter().filter(|f| f.changed()).collect();
     let change_count: usize = changed.iter().map(|f| f.changes.len()).sum();
-    let root_display = root.path().display();
+    let root_display = target.path.display();
     let print_warnings = |err: &mut dyn Write| -> Result<()> {
         for w in &plan.warnings {
             writeln!(
@@ -173,7 +212,8 @@ pub fn keep(
     if format == Format::Json {
         let doc = json!({
             "version": JSON_SCHEMA_VERSION,
-            "root": root.path().display().to_string(),
+            "root": target.path.display().to_string(),
+            "image": target.image_json(),
             "mode": mode.name(),
             "keep": names,
             "result": result,
@@ -183,7 +223,7 @@ pub fn keep(
                 "diff": unified_diff(&f.path, &f.old_text, &f.new_text),
                 "backup": backups.iter().find(|b| b.file == f.path).map(|b| b.backup.display().to_string()),
             })).collect::<Vec<_>>(),
-            "changes": plan.files.iter().flat_map(|f| f.changes.iter().map(move |c| json!({
+            "changes": plan.files.iter().flat_map(|f| sorted_changes(f).into_iter().map(move |c| json!({
                 "profile": c.profiles.first(),
                 "profiles": c.profiles,
                 "file": f.path.display().to_string(),
@@ -202,21 +242,21 @@ pub fn keep(
         print_warnings(err)?;
         return Ok(());
     }
+    // If the reader of the diff goes away (`| head`), the files may already
+    // be written: the person on stderr is still told what happened.
     for file in &changed {
-        write!(
-            out,
-            "{}",
-            color_diff(
-                &unified_diff(&file.path, &file.old_text, &file.new_text),
-                style.color_stdout
-            )
-        )?;
+        let diff = color_diff(
+            &unified_diff(&file.path, &file.old_text, &file.new_text),
+            style.color_stdout,
+        );
+        match write!(out, "{diff}").and_then(|()| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            other => other?,
+        }
     }
-    writeln!(err, "prepare-image: root {root_display}")?;
+    writeln!(err, "prepare-image: {}", target.headline())?;
     for file in &changed {
-        let mut changes: Vec<_> = file.changes.iter().collect();
-        changes.sort_by_key(|c| c.line);
-        for c in changes {
+        for c in sorted_changes(file) {
             writeln!(
                 err,
                 "  {}:{}: [{}] {}",
@@ -280,14 +320,15 @@ pub fn keep(
 
 pub fn status(
     out: &mut dyn Write,
-    root: &Root,
+    target: &TargetDescription,
     states: &[SettingState],
     format: Format,
 ) -> Result<()> {
     if format == Format::Json {
         let doc = json!({
             "version": JSON_SCHEMA_VERSION,
-            "root": root.path().display().to_string(),
+            "root": target.path.display().to_string(),
+            "image": target.image_json(),
             "settings": states.iter().map(|s| {
                 let mut v = setting_json(s);
                 v["setting"] = json!(s.setting);
@@ -298,13 +339,15 @@ pub fn status(
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "root: {}", root.path().display())?;
+    writeln!(out, "{}", target.headline().replacen(' ', ": ", 1))?;
     let width = states.iter().map(|s| s.setting.len()).max().unwrap_or(0);
     for s in states {
         let decisive: Vec<String> = s
             .reasons
             .iter()
-            .filter(|r| r.overwrites == !s.kept || s.kept)
+            // A kept setting shows everything that keeps it; an overwritten
+            // one only what overwrites it.
+            .filter(|r| s.kept || r.overwrites)
             .map(|r| match location(&r.file, r.line) {
                 Some(loc) => format!("{} ({loc})", r.text),
                 None => r.text.clone(),
@@ -366,6 +409,13 @@ pub fn profiles(out: &mut dyn Write, catalogue: &[Profile], format: Format) -> R
         }
     }
     Ok(())
+}
+
+/// A file's changes in line order (the plan lists them in profile order).
+fn sorted_changes(file: &crate::plan::FilePlan) -> Vec<&crate::plan::PlannedChange> {
+    let mut changes: Vec<_> = file.changes.iter().collect();
+    changes.sort_by_key(|c| c.line);
+    changes
 }
 
 fn edit_text(edit: &Edit) -> String {

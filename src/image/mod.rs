@@ -1,0 +1,12 @@
+//! Image files as targets: their format, partition table and filesystems,
+//! and the kernel resources (qemu view, loop device, mount) that turn one
+//! into a root directory, each behind a guard that releases it.
+pub mod format;
+pub mod fstype;
+pub mod interrupt;
+pub mod inuse;
+pub mod loopdev;
+pub mod mount;
+pub mod open;
+pub mod partition;
+pub mod qemu;

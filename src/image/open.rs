@@ -1,0 +1,299 @@
+//! Image files as targets: from an image file to a mounted root filesystem,
+//! and back, releasing everything in reverse order on every path out.
+//!
+//! Order of acquisition: private mount namespace → (qcow2/vmdk/vhd/vhdx:
+//! qemu-storage-daemon's raw view) → loop device for the root partition →
+//! mount → confined root. Each has one guard; `close` releases them in
+//! reverse order and reports errors, `Drop` does the same without panicking.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use super::format::{self, ImageFormat};
+use super::fstype::{self, FsKind};
+use super::interrupt;
+use super::inuse;
+use super::loopdev::{self, LoopDevice};
+use super::mount::Mount;
+use super::partition::{self, Partition, Table};
+use super::qemu::RawView;
+use crate::effective::CLOUD_CFG;
+use crate::rootfs::Root;
+
+/// What a run worked on, for every report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub path: PathBuf,
+    pub format: ImageFormat,
+    /// "gpt (512-byte sectors)", "gpt (4096-byte sectors)", "mbr" or "none".
+    pub table: String,
+    /// Linux partition number; 0 for a filesystem with no partition table.
+    pub partition: u32,
+    pub filesystem: String,
+}
+
+/// A mounted image. Fields drop in declaration order: the root's descriptor
+/// first (it pins the mount), then the mount, the loop device, the raw file
+/// and the qemu view.
+#[derive(Debug)]
+pub struct OpenedImage {
+    root: Option<Root>,
+    mount: Option<Mount>,
+    loop_device: Option<LoopDevice>,
+    raw: Option<File>,
+    view: Option<RawView>,
+    pub info: ImageInfo,
+}
+
+impl OpenedImage {
+    pub fn root(&self) -> &Root {
+        self.root.as_ref().expect("open until closed")
+    }
+
+    /// Releases everything in reverse order; the first error is returned,
+    /// after every release has been tried.
+    pub fn close(mut self) -> Result<()> {
+        self.root.take();
+        let mut first_error = None;
+        if let Some(m) = self.mount.take()
+            && let Err(e) = m.close()
+        {
+            first_error.get_or_insert(e);
+        }
+        if let Some(l) = self.loop_device.take()
+            && let Err(e) = l.close()
+        {
+            first_error.get_or_insert(e);
+        }
+        self.raw.take();
+        if let Some(v) = self.view.take()
+            && let Err(e) = v.close()
+        {
+            first_error.get_or_insert(e);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Opens `path` and mounts its root filesystem: the partition holding
+/// `etc/cloud/cloud.cfg`, or `partition` when given. Read-only unless
+/// `writable`; a read-only pass never replays a journal, so the image file
+/// stays byte-identical.
+pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<OpenedImage> {
+    preflight()?;
+    let display = path.display().to_string();
+    let mut image = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .with_context(|| format!("opening image {display}"))?;
+    refuse_if_in_use(&image, &display)?;
+    let format =
+        format::detect(&mut image).with_context(|| format!("reading the header of {display}"))?;
+    interrupt::check()?;
+
+    let mut opened = OpenedImage {
+        root: None,
+        mount: None,
+        loop_device: None,
+        raw: None,
+        view: None,
+        info: ImageInfo {
+            path: path.to_path_buf(),
+            format,
+            table: String::new(),
+            partition: 0,
+            filesystem: String::new(),
+        },
+    };
+    let raw_path = if format == ImageFormat::Raw {
+        path.to_path_buf()
+    } else {
+        let view = RawView::start(path, format, writable)?;
+        let raw_path = view.path().to_path_buf();
+        opened.view = Some(view);
+        raw_path
+    };
+    let mut raw = if format == ImageFormat::Raw {
+        image
+    } else {
+        OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&raw_path)
+            .with_context(|| format!("opening the raw view of {display}"))?
+    };
+    let size = raw.metadata()?.len();
+    let layout = partition::read_layout(&mut raw, size).map_err(|e| anyhow!("{display}: {e}"))?;
+    opened.info.table = match layout.table {
+        Table::Gpt { sector_size } => format!("gpt ({sector_size}-byte sectors)"),
+        Table::Mbr => "mbr".to_string(),
+        Table::None => "none".to_string(),
+    };
+    let mut kinds = Vec::new();
+    for p in &layout.partitions {
+        kinds.push((
+            p.clone(),
+            fstype::detect(&mut raw, p.offset)
+                .with_context(|| format!("reading partition {} of {display}", p.number))?,
+        ));
+    }
+    interrupt::check()?;
+
+    let (chosen, kind) = match partition {
+        Some(number) => {
+            let (p, kind) = kinds
+                .iter()
+                .find(|(p, _)| p.number == number)
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{display} has no partition {number} (it has: {})",
+                        describe(&kinds)
+                    )
+                })?;
+            refuse_unmountable(&display, &p, &kind)?;
+            (p, kind)
+        }
+        None => find_root(&raw, &raw_path, &display, &kinds)?,
+    };
+    let fstype = kind.mount_type().expect("checked mountable");
+    let loop_device = LoopDevice::attach(&raw, &raw_path, chosen.offset, chosen.size, !writable)?;
+    interrupt::pause_point("attached")?;
+    let options = if writable {
+        ""
+    } else {
+        kind.read_only_options()
+    };
+    let mount = Mount::new(loop_device.path(), fstype, !writable, options)
+        .with_context(|| format!("partition {} of {display}", chosen.number))?;
+    opened.root = Some(Root::open(mount.path())?);
+    opened.mount = Some(mount);
+    opened.loop_device = Some(loop_device);
+    opened.raw = Some(raw);
+    opened.info.partition = chosen.number;
+    opened.info.filesystem = kind.name().to_string();
+    interrupt::check()?;
+    Ok(opened)
+}
+
+fn preflight() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "image files are mounted with loop devices, which needs root: run prepare-image as root (e.g. with sudo)"
+        );
+    }
+    if !Path::new(loopdev::LOOP_CONTROL).exists() {
+        bail!(
+            "{} is missing: this kernel has no loop device support (modprobe loop)",
+            loopdev::LOOP_CONTROL
+        );
+    }
+    Ok(())
+}
+
+fn refuse_if_in_use(image: &File, display: &str) -> Result<()> {
+    let attached = loopdev::attached_to(image);
+    if !attached.is_empty() {
+        let devices: Vec<String> = attached.iter().map(|d| d.display().to_string()).collect();
+        bail!(
+            "{display} is already attached to {}: detach it (or stop what uses it) before editing the image",
+            devices.join(", ")
+        );
+    }
+    let writers = inuse::writers(image);
+    if let Some(w) = writers.first() {
+        bail!(
+            "{display} is open for writing by process {} ({}): stop it (a running VM?) before editing the image",
+            w.pid,
+            w.command
+        );
+    }
+    Ok(())
+}
+
+fn describe(kinds: &[(Partition, FsKind)]) -> String {
+    kinds
+        .iter()
+        .map(|(p, k)| format!("{} {}", p.number, k.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()> {
+    match kind {
+        FsKind::Lvm2Pv | FsKind::Luks => bail!(
+            "{display}: partition {} is {}; a root filesystem inside LVM or LUKS is not supported yet (edit it from a running system or a chroot)",
+            p.number,
+            kind.name()
+        ),
+        _ if kind.mount_type().is_none() => bail!(
+            "{display}: partition {} holds {}, not a root filesystem prepare-image can mount (ext2/3/4, xfs, btrfs)",
+            p.number,
+            kind.name()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Probes every mountable partition read-only for `etc/cloud/cloud.cfg`.
+fn find_root(
+    raw: &File,
+    raw_path: &Path,
+    display: &str,
+    kinds: &[(Partition, FsKind)],
+) -> Result<(Partition, FsKind)> {
+    let mut candidates = Vec::new();
+    for (p, kind) in kinds {
+        let Some(fstype) = kind.mount_type() else {
+            continue;
+        };
+        let device = LoopDevice::attach(raw, raw_path, p.offset, p.size, true)?;
+        let has_cloud_cfg = match Mount::new(device.path(), fstype, true, kind.read_only_options())
+        {
+            Ok(mount) => {
+                let found = Root::open(mount.path())
+                    .map(|r| r.exists(Path::new(CLOUD_CFG)))
+                    .unwrap_or(false);
+                mount.close()?;
+                found
+            }
+            // A filesystem that does not mount cannot be the root we want;
+            // if it is the only candidate, say why below.
+            Err(_) => false,
+        };
+        device.close()?;
+        interrupt::check()?;
+        if has_cloud_cfg {
+            candidates.push((p.clone(), kind.clone()));
+        }
+    }
+    match candidates.len() {
+        1 => Ok(candidates.remove(0)),
+        0 => {
+            if let Some((p, kind)) = kinds
+                .iter()
+                .find(|(_, k)| matches!(k, FsKind::Lvm2Pv | FsKind::Luks))
+            {
+                refuse_unmountable(display, p, kind)?;
+            }
+            bail!(
+                "{display}: no partition holds /{CLOUD_CFG} (partitions: {}); is cloud-init installed in this image?",
+                if kinds.is_empty() {
+                    "none".to_string()
+                } else {
+                    describe(kinds)
+                }
+            )
+        }
+        _ => bail!(
+            "{display}: several partitions hold /{CLOUD_CFG} ({}); choose one with --partition N",
+            describe(&candidates)
+        ),
+    }
+}

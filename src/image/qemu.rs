@@ -1,0 +1,205 @@
+//! A raw view of a qcow2, vmdk, vhd or vhdx image, exported by
+//! `qemu-storage-daemon` over FUSE, so the raw path (partition table, loop
+//! device, mount) works on every format and the image keeps its own format.
+
+use std::io::Read as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::format::ImageFormat;
+
+pub const DAEMON: &str = "qemu-storage-daemon";
+/// Debian ships qemu-storage-daemon in qemu-utils (bookworm-backports and later).
+pub const DAEMON_PACKAGE: &str = "qemu-utils";
+
+/// How long the daemon may take to show its FUSE export.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(20);
+/// How long the daemon may take to flush and exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running qemu-storage-daemon and the file its FUSE export is mounted on.
+#[derive(Debug)]
+pub struct RawView {
+    child: Option<Child>,
+    dir: PathBuf,
+    raw: PathBuf,
+}
+
+impl RawView {
+    /// Starts the daemon. It runs in this process's (private) mount
+    /// namespace and is told by the kernel to stop (SIGTERM) if this process
+    /// dies, so it never outlives us.
+    pub fn start(image: &Path, format: ImageFormat, writable: bool) -> Result<RawView> {
+        super::mount::enter_private_namespace()?;
+        let dir = nix::unistd::mkdtemp(&std::env::temp_dir().join("prepare-image-view.XXXXXX"))
+            .context("creating a temp directory for the raw view")?;
+        let raw = dir.join("raw");
+        std::fs::File::create(&raw).with_context(|| format!("creating {}", raw.display()))?;
+        let mut view = RawView {
+            child: None,
+            dir,
+            raw,
+        };
+        let read_only = if writable { "off" } else { "on" };
+        let mut command = Command::new(DAEMON);
+        command
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=file,filename={},read-only={read_only}",
+                qemu_escape(image)
+            ))
+            .arg("--blockdev")
+            .arg(format!(
+                "driver={},node-name=image,file=file,read-only={read_only}",
+                format.qemu_driver()
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=fuse,id=raw,node-name=image,mountpoint={},writable={}",
+                qemu_escape(&view.raw),
+                if writable { "on" } else { "off" }
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C at the terminal reaches only us,
+            // and we stop the daemon after releasing what sits on its export.
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let child = command.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow!("{DAEMON} is needed for {} images but is not installed: install the Debian package {DAEMON_PACKAGE}", format.name())
+            } else {
+                anyhow!("starting {DAEMON}: {e}")
+            }
+        })?;
+        view.child = Some(child);
+        view.wait_for_export(image)?;
+        Ok(view)
+    }
+
+    /// The raw bytes of the image, as a file.
+    pub fn path(&self) -> &Path {
+        &self.raw
+    }
+
+    fn wait_for_export(&mut self, image: &Path) -> Result<()> {
+        let deadline = Instant::now() + EXPORT_TIMEOUT;
+        loop {
+            if is_mountpoint(&self.raw)? {
+                return Ok(());
+            }
+            let child = self.child.as_mut().expect("started");
+            if let Some(status) = child.try_wait()? {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                self.child = None;
+                bail!(
+                    "{DAEMON} could not open {} ({status}): {}",
+                    image.display(),
+                    stderr.lines().next().unwrap_or("no message").trim()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{DAEMON} did not export {} within {:?}",
+                    image.display(),
+                    EXPORT_TIMEOUT
+                );
+            }
+            crate::image::interrupt::check()?;
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Stops the daemon (it flushes the image and unmounts its export), then
+    /// removes the temp files. Reports errors.
+    pub fn close(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // Exactly the daemon we started, by its PID.
+            let pid = Pid::from_raw(child.id() as i32);
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    // Still there after a long grace period: end exactly it.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+        if is_mountpoint(&self.raw).unwrap_or(false) {
+            // The daemon is gone but its FUSE mount is not: detach it lazily
+            // so the temp file can go.
+            let _ = nix::mount::umount2(&self.raw, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_file(&self.raw);
+        std::fs::remove_dir(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+    }
+}
+
+impl Drop for RawView {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// qemu's option syntax uses `,` as separator; a literal comma is doubled.
+fn qemu_escape(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// Whether `path` is a mountpoint in this process's namespace.
+fn is_mountpoint(path: &Path) -> Result<bool> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let wanted = path.display().to_string();
+    Ok(mountinfo.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == wanted)
+    }))
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let mut out = String::new();
+    let mut chars = field.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            if let Ok(n) = u8::from_str_radix(&code, 8) {
+                out.push(n as char);
+                continue;
+            }
+            out.push('\\');
+            out.push_str(&code);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,0 +1,74 @@
+//! Targets that yield a root filesystem: a directory (a mounted image, a
+//! chroot, `/`) as it is, or an image file mounted through `image`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::image::open::{ImageInfo, OpenedImage};
+use crate::rootfs::Root;
+
+#[derive(Debug)]
+pub enum Target {
+    Directory(Root),
+    Image(OpenedImage),
+}
+
+impl Target {
+    /// Opens TARGET: a directory is used as the root; a regular file is an
+    /// image whose root filesystem is found and mounted (read-write only when
+    /// `writable`). `partition` applies to images only.
+    pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Target> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("opening target {}", path.display()))?;
+        if meta.is_dir() {
+            if partition.is_some() {
+                bail!(
+                    "--partition applies to image files, and {} is a directory",
+                    path.display()
+                );
+            }
+            return Ok(Target::Directory(Root::open(path)?));
+        }
+        if meta.is_file() {
+            return Ok(Target::Image(crate::image::open::open(
+                path, writable, partition,
+            )?));
+        }
+        bail!(
+            "{} is neither a directory nor an image file (block devices are not supported: mount it and pass the directory)",
+            path.display()
+        )
+    }
+
+    pub fn root(&self) -> &Root {
+        match self {
+            Target::Directory(root) => root,
+            Target::Image(image) => image.root(),
+        }
+    }
+
+    pub fn image(&self) -> Option<&ImageInfo> {
+        match self {
+            Target::Directory(_) => None,
+            Target::Image(image) => Some(&image.info),
+        }
+    }
+
+    /// What the user named, for reports: the directory, or the image file.
+    pub fn display_path(&self) -> PathBuf {
+        match self {
+            Target::Directory(root) => root.path().to_path_buf(),
+            Target::Image(image) => image.info.path.clone(),
+        }
+    }
+
+    /// Releases an image's mount, loop device and helper process, reporting
+    /// errors. A directory has nothing to release.
+    pub fn close(self) -> Result<()> {
+        match self {
+            Target::Directory(_) => Ok(()),
+            Target::Image(image) => image.close(),
+        }
+    }
+}
