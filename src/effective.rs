@@ -170,11 +170,20 @@ fn merge_keeping_existing(old: &mut Value, new: &Value) {
 pub fn load(root: &Root) -> Result<ConfigSet> {
     let (base_path, base_text) = read_text(root, Path::new(CLOUD_CFG)).map_err(|e| {
         match e.downcast_ref::<AccessError>().map(AccessError::kind) {
-            Some(AccessErrorKind::NotFound) => anyhow!(
-                "{} does not exist (looked for cloud-init's configuration in {}): is cloud-init installed, and is this the image's root directory?",
-                root.path().join(CLOUD_CFG).display(),
-                root.path().join("etc/cloud").display()
-            ),
+            Some(AccessErrorKind::NotFound) => {
+                // A dangling symlink: name where it led, inside the root.
+                let resolved = root
+                    .resolve(Path::new(CLOUD_CFG))
+                    .ok()
+                    .filter(|r| r != Path::new(CLOUD_CFG))
+                    .map(|r| format!(" (a symlink to {}, which is missing)", root.path().join(r).display()))
+                    .unwrap_or_default();
+                anyhow!(
+                    "{} does not exist{resolved} (looked for cloud-init's configuration in {}): is cloud-init installed, and is this the image's root directory?",
+                    root.path().join(CLOUD_CFG).display(),
+                    root.path().join("etc/cloud").display()
+                )
+            }
             _ => e,
         }
     })?;
