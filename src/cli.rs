@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::effective::{self, setting_state};
 use crate::image::interrupt;
@@ -102,6 +102,14 @@ pub enum Command {
     },
     /// List the profiles: what each edits and what it breaks.
     Profiles,
+    /// Print a shell completion script (e.g. `prepare-image completions bash >
+    /// /etc/bash_completion.d/prepare-image`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `prepare-image man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -146,6 +154,20 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
     interrupt::install()?;
     let catalogue = profile::catalogue(&cli.output.profile_file)?;
     match &cli.command {
+        Some(Command::Completions { shell }) => {
+            // Rendered into a buffer first: clap_complete panics when its
+            // writer fails, and a closed pipe is not a reason to panic.
+            let mut buffer = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "prepare-image", &mut buffer);
+            out.write_all(&buffer)?;
+            Ok(Outcome::Success)
+        }
+        Some(Command::Man) => {
+            let mut buffer = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut buffer)?;
+            out.write_all(&buffer)?;
+            Ok(Outcome::Success)
+        }
         Some(Command::Profiles) => {
             report::profiles(out, &catalogue, cli.output.format)?;
             Ok(Outcome::Success)
@@ -256,4 +278,14 @@ fn write(root: &Root, plan: &Plan, backup: bool) -> Result<Vec<report::Backup>> 
         }
     }
     Ok(backups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
