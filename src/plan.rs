@@ -233,7 +233,7 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
     };
     for (index, w) in wanted.iter().enumerate() {
         if changed_wanted[index] {
-            w.warnings.iter().for_each(|warning| push(warning));
+            w.warnings.iter().for_each(&mut push);
         }
     }
     for profile in profiles {
@@ -242,7 +242,7 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
             .zip(&changed_wanted)
             .any(|(w, changed)| *changed && w.profiles.contains(&profile.name.as_str()));
         if changed {
-            profile.warnings.iter().for_each(|warning| push(warning));
+            profile.warnings.iter().for_each(&mut push);
         }
     }
     warnings.extend(duplicate_key_warnings(set, &wanted));

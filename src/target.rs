@@ -11,7 +11,8 @@ use crate::rootfs::Root;
 #[derive(Debug)]
 pub enum Target {
     Directory(Root),
-    Image(OpenedImage),
+    // Boxed: an opened image carries several guards; a directory only a descriptor.
+    Image(Box<OpenedImage>),
 }
 
 impl Target {
@@ -31,9 +32,8 @@ impl Target {
             return Ok(Target::Directory(Root::open(path)?));
         }
         if meta.is_file() {
-            return Ok(Target::Image(crate::image::open::open(
-                path, writable, partition,
-            )?));
+            let image = crate::image::open::open(path, writable, partition)?;
+            return Ok(Target::Image(Box::new(image)));
         }
         bail!(
             "{} is neither a directory nor an image file (block devices are not supported: mount it and pass the directory)",
@@ -68,7 +68,7 @@ impl Target {
     pub fn close(self) -> Result<()> {
         match self {
             Target::Directory(_) => Ok(()),
-            Target::Image(image) => image.close(),
+            Target::Image(image) => (*image).close(),
         }
     }
 }

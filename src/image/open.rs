@@ -270,7 +270,7 @@ fn find_root(
         device.close()?;
         interrupt::check()?;
         if has_cloud_cfg {
-            candidates.push((p.clone(), kind.clone()));
+            candidates.push((p.clone(), *kind));
         }
     }
     match candidates.len() {
