@@ -233,7 +233,7 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
     };
     for (index, w) in wanted.iter().enumerate() {
         if changed_wanted[index] {
-            w.warnings.iter().for_each(&mut push);
+            w.warnings.iter().for_each(|warning| push(warning));
         }
     }
     for profile in profiles {
