@@ -568,7 +568,20 @@ pub fn parse(text: &str) -> Result<Document, ParseError> {
                 .to_string(),
         });
     }
-    let doc = Loader::new(text).load()?;
+    let mut doc = Loader::new(text).load()?;
+    // `---` with nothing after it (or only comments) is an empty document:
+    // PyYAML loads None, which cloud-init reads as an empty configuration.
+    if let Some(Node {
+        kind: NodeKind::Scalar {
+            value: Value::Null, ..
+        },
+        span,
+        ..
+    }) = &doc.root
+        && span.start == span.end
+    {
+        doc.root = None;
+    }
     if let Some(root) = &doc.root
         && !matches!(root.kind, NodeKind::Map { .. })
     {
@@ -692,7 +705,12 @@ impl<'a> Loader<'a> {
             Event::SequenceStart(anchor, tag) => {
                 check_collection_tag(tag.as_deref(), "seq")
                     .map_err(|m| error_at(line, span.start.col(), m))?;
-                let flow = self.text[start..].starts_with('[');
+                // A flow sequence's event spans its `[` (and any anchor or
+                // tag before it); a block sequence's spans no `[`. Testing the
+                // text at `start` is not enough: an indentless sequence whose
+                // first entry is `[a, b]` is reported to start there too.
+                let token_end = self.byte(&span.end).max(start);
+                let flow = self.text[start..token_end].contains('[');
                 let mut items = Vec::new();
                 let end;
                 loop {
@@ -745,7 +763,10 @@ impl<'a> Loader<'a> {
                         ));
                     }
                     let (vev, vsp) = self.next()?;
-                    let value = self.node(vev, vsp)?;
+                    let mut value = self.node(vev, vsp)?;
+                    if let NodeKind::Seq { flow: false, .. } = value.kind {
+                        value.span.start = indentless_sequence_dash(self.text, value.span.start);
+                    }
                     entries.push((key, value));
                 }
                 let node = Node {
@@ -785,6 +806,29 @@ impl<'a> Loader<'a> {
             self.anchors.resize(anchor + 1, None);
         }
         self.anchors[anchor] = Some(node.clone());
+    }
+}
+
+/// The `-` that starts a block sequence. For an indentless sequence (`key:`
+/// then `- a` at the key's own indentation, as PyYAML writes lists) the
+/// parser reports the start after the first `- ` (at the entry, or at the end
+/// of the line when the entry starts on the next one); step back to the `-`
+/// so that the sequence's span, like any other, starts at its first dash.
+/// A block sequence that is not indentless starts at its `-` with only
+/// blanks before it on the line, and is left as it is.
+fn indentless_sequence_dash(text: &str, start: usize) -> usize {
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let prefix = &text[line_start..start];
+    let indent = prefix.len() - prefix.trim_start_matches(' ').len();
+    let Some(after) = prefix[indent..].strip_prefix('-') else {
+        return start;
+    };
+    let rest = after.trim_start_matches([' ', '\t', '\r']);
+    let separated = after.is_empty() || after.starts_with([' ', '\t', '\r']);
+    if separated && (rest.is_empty() || rest.starts_with('#')) {
+        line_start + indent
+    } else {
+        start
     }
 }
 
@@ -949,6 +993,48 @@ mod tests {
     }
 
     #[test]
+    fn indentless_sequences_start_at_their_dash() {
+        for (text, list, first) in [
+            ("m:\n- a\n- b\n", "- a\n- b", "a"),
+            ("m:\n- [a, x]\n- b\n", "- [a, x]\n- b", "[a, x]"),
+            ("m:\n- - a\n  - x\n", "- - a\n  - x", "- a\n  - x"),
+            ("m:\n-\n  - a\n", "-\n  - a", "- a"),
+            ("m:\n- # c\n  a\n", "- # c\n  a", "a"),
+            ("m:\r\n-\r\n  name: a\r\n", "-\r\n  name: a", "name: a"),
+            ("m:\n - [a]\n", "- [a]", "[a]"),
+        ] {
+            let doc = parse(text).unwrap();
+            let root = doc.root.unwrap();
+            let (_, m) = root.get("m").unwrap();
+            let NodeKind::Seq { items, flow } = &m.kind else {
+                panic!("{text:?}: not a seq")
+            };
+            assert!(!flow, "{text:?}");
+            assert_eq!(&text[m.span.start..m.span.end], list, "{text:?}");
+            assert_eq!(
+                &text[items[0].span.start..items[0].span.end],
+                first,
+                "{text:?}"
+            );
+            assert_eq!(m.line, 2, "{text:?}");
+        }
+        // A flow sequence is one, whatever precedes it.
+        let doc = parse("m: [a]\nn:\n  - [b]\n").unwrap();
+        let root = doc.root.unwrap();
+        for key in ["m", "n"] {
+            let (_, v) = root.get(key).unwrap();
+            let NodeKind::Seq { items, .. } = &v.kind else {
+                panic!()
+            };
+            let inner = if key == "m" { v } else { &items[0] };
+            assert!(
+                matches!(inner.kind, NodeKind::Seq { flow: true, .. }),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
     fn refusals_name_line_and_column() {
         let err = parse("## template:jinja\n#cloud-config\n").unwrap_err();
         assert!(err.message.contains("Jinja"), "{err}");
@@ -965,6 +1051,12 @@ mod tests {
     #[test]
     fn empty_documents_mean_an_empty_mapping() {
         assert_eq!(parse("").unwrap().to_value(), Value::Map(vec![]));
+        for text in ["---\n", "#cloud-config\n---\n# nothing yet\n", "--- \r\n"] {
+            let doc = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(doc.root.is_none(), "{text:?}");
+        }
+        // An explicit null is a value, not an empty document.
+        assert!(parse("--- ~\n").is_err());
         assert_eq!(
             parse("# only a comment\n").unwrap().to_value(),
             Value::Map(vec![])

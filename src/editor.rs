@@ -240,6 +240,7 @@ pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
         let ctx = Context {
             text: &current,
             eol,
+            final_newline: text.is_empty() || text.ends_with('\n'),
         };
         let next = edits
             .iter()
@@ -333,6 +334,11 @@ struct Part {
 struct Context<'a> {
     text: &'a str,
     eol: &'static str,
+    /// Whether the original text ends with a line break (or is empty). An
+    /// earlier splice can leave the current text ending in one (removing a
+    /// last entry that follows an empty line); an added line still follows
+    /// the original.
+    final_newline: bool,
 }
 
 impl Context<'_> {
@@ -428,20 +434,63 @@ impl Context<'_> {
 
     fn remove_flow_item(&self, items: &[Node], index: usize) -> Vec<Part> {
         let item = &items[index];
-        let (start, end) = if items.len() == 1 {
-            (item.span.start, item.span.end)
-        } else if index + 1 < items.len() {
-            // "a, b" -> "b": the item, its comma and the blanks after it.
-            (item.span.start, items[index + 1].span.start)
-        } else {
-            // "a, b" -> "a": from the end of the previous item.
-            (items[index - 1].span.end, item.span.end)
-        };
-        vec![Part {
+        let part = |(start, end): (usize, usize)| Part {
             start,
             end,
             insert: String::new(),
-        }]
+        };
+        let after = self.skip_blanks_and_comments(item.span.end);
+        if self.text.as_bytes().get(after) == Some(&b',') {
+            // "a, b" -> "b": the item, its comma and the blanks after it.
+            let next = self.skip_blanks_and_comments(after + 1);
+            if !self.text[item.span.start..next].contains('\n') {
+                return vec![part((item.span.start, next))];
+            }
+            // Over several lines: the item's line when it has one to itself,
+            // else the item and its comma; never the lines around it, which
+            // may be comments.
+            if let Some(line) = self.own_line(item.span.start, after + 1) {
+                return vec![part(line)];
+            }
+            if !self.text[item.span.end..after].contains('\n') {
+                return vec![part((item.span.start, after + 1))];
+            }
+            return vec![
+                part((item.span.start, item.span.end)),
+                part((after, after + 1)),
+            ];
+        }
+        if index > 0 {
+            // "a, b" -> "a": from the end of the previous item, on one line.
+            let previous_end = items[index - 1].span.end;
+            if !self.text[previous_end..item.span.end].contains('\n') {
+                return vec![part((previous_end, item.span.end))];
+            }
+        }
+        // The only item, or the last one on a line of its own: the item (its
+        // line, when it has one to itself). A comma before it stays as a
+        // trailing comma (`[a,]` means [a], in PyYAML too), so that comment
+        // lines between the two stay as well.
+        vec![part(
+            self.own_line(item.span.start, item.span.end)
+                .unwrap_or((item.span.start, item.span.end)),
+        )]
+    }
+
+    /// The whole line (with its line break) holding `start..end`, when the
+    /// line holds nothing else but blanks and a trailing comment.
+    fn own_line(&self, start: usize, end: usize) -> Option<(usize, usize)> {
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        if !self.text[line_start..start]
+            .bytes()
+            .all(|b| b == b' ' || b == b'\t')
+        {
+            return None;
+        }
+        let line_end = end + self.text[end..].find('\n')? + 1;
+        let tail = self.text[end..line_end].trim_start_matches([' ', '\t']);
+        (tail.starts_with('#') || tail.trim_end_matches(['\r', '\n']).is_empty())
+            .then_some((line_start, line_end))
     }
 
     fn remove_block_item(
@@ -689,10 +738,11 @@ impl Context<'_> {
     fn append_top_level(&self, path: &[String], wanted: &Value) -> Planned {
         let (first, rest) = path.split_first().expect("paths are never empty");
         let entry = format!("{first}: {}", nested_value(rest, wanted));
-        let insert = if self.text.is_empty() || self.text.ends_with('\n') {
-            format!("{entry}{}", self.eol)
-        } else {
-            format!("{}{entry}", self.eol)
+        let at_line_start = self.text.is_empty() || self.text.ends_with('\n');
+        let insert = match (at_line_start, self.final_newline) {
+            (true, true) => format!("{entry}{}", self.eol),
+            (true, false) => entry.clone(),
+            (false, _) => format!("{}{entry}", self.eol),
         };
         let at = self.text.len();
         Planned {
@@ -788,6 +838,63 @@ mod tests {
                 "x_modules:\n -\n   - ntp\n   - always\n - b\n",
                 vec![remove("ntp")],
                 "x_modules:\n - b\n",
+            ),
+            (
+                "x_modules: [ntp, ]\n",
+                vec![remove("ntp")],
+                "x_modules: []\n",
+            ),
+            (
+                "x_modules: [a, ntp, ]\n",
+                vec![remove("ntp")],
+                "x_modules: [a, ]\n",
+            ),
+            // Flow lists over several lines: comment lines stay.
+            (
+                "x_modules: [\n  a,\n  # c\n\n  ntp\n  ]\n",
+                vec![remove("ntp")],
+                "x_modules: [\n  a,\n  # c\n\n  ]\n",
+            ),
+            (
+                "x_modules: [\n  ntp,  # why\n  # c\n  a\n]\n",
+                vec![remove("ntp")],
+                "x_modules: [\n  # c\n  a\n]\n",
+            ),
+            (
+                "x_modules: [ntp,\n  # c\n  a]\n",
+                vec![remove("ntp")],
+                "x_modules: [\n  # c\n  a]\n",
+            ),
+            (
+                "x_modules: [\r\n  # c\r\n  ntp\r\n  ]\r\n",
+                vec![remove("ntp")],
+                "x_modules: [\r\n  # c\r\n  ]\r\n",
+            ),
+            (
+                "x_modules: [a,\n  ntp]\n",
+                vec![remove("ntp")],
+                "x_modules: [a,\n  ]\n",
+            ),
+            // Indentless lists (PyYAML's default layout), first entry too.
+            (
+                "x_modules:\n- ntp\n- a\n",
+                vec![remove("ntp")],
+                "x_modules:\n- a\n",
+            ),
+            (
+                "x_modules:\n- [ntp, always]\n",
+                vec![remove("ntp")],
+                "x_modules: []\n",
+            ),
+            (
+                "x_modules:\n- - ntp\n  - always\n- a\n",
+                vec![remove("ntp")],
+                "x_modules:\n- a\n",
+            ),
+            (
+                "x_modules:\n- [a, always]\n- ntp",
+                vec![remove("ntp")],
+                "x_modules:\n- [a, always]",
             ),
             (
                 "x_modules:\n - a\n # keep me\n - cc_ntp.py\n",
@@ -894,6 +1001,13 @@ mod tests {
                 "",
                 vec![set("preserve_hostname", Value::Bool(true))],
                 "preserve_hostname: true\n",
+            ),
+            // No final newline: still none after removing a last entry that
+            // follows an empty line, then adding a key.
+            (
+                "a: 1\nx_modules:\n - b\n\n - ntp",
+                vec![remove("ntp"), set("preserve_hostname", Value::Bool(true))],
+                "a: 1\nx_modules:\n - b\npreserve_hostname: true",
             ),
         ];
         for (input, edits, want) in cases {

@@ -20,8 +20,14 @@ impl Target {
     /// image whose root filesystem is found and mounted (read-write only when
     /// `writable`). `partition` applies to images only.
     pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Target> {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("opening target {}", path.display()))?;
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "image root {} does not exist: TARGET is the image's root directory or an image file",
+                path.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("opening target {}", path.display())),
+        };
         if meta.is_dir() {
             if partition.is_some() {
                 bail!(

@@ -969,9 +969,12 @@ fn json_report_has_the_documented_keys() {
     assert_keys(
         &doc,
         &[
-            "version", "root", "mode", "keep", "result", "files", "changes", "warnings", "settings",
+            "version", "root", "image", "mode", "keep", "result", "files", "changes", "warnings",
+            "settings",
         ],
     );
+    // A directory target has no image details.
+    assert_eq!(doc["image"], serde_json::Value::Null);
     assert_eq!(doc["version"], 1);
     assert_eq!(doc["root"], root.as_str());
     assert_eq!(doc["mode"], "dry-run");
@@ -1104,7 +1107,8 @@ fn status_json_has_the_documented_keys() {
     out.code(0);
     assert_eq!(out.stderr, "");
     let doc = out.json();
-    assert_keys(&doc, &["version", "root", "settings"]);
+    assert_keys(&doc, &["version", "root", "image", "settings"]);
+    assert_eq!(doc["image"], serde_json::Value::Null);
     assert_eq!(doc["version"], 1);
     assert_eq!(doc["root"], img.root().display().to_string().as_str());
     let settings = doc["settings"].as_array().unwrap();
@@ -1610,7 +1614,7 @@ fn error_missing_or_non_directory_root() {
     let file = dir.path().join("file");
     fs::write(&file, b"a: 1\n").unwrap();
     run_with(cmd().args(["--keep", "ntp"]).arg(&file))
-        .one_error(&[&format!("image root {} is not a directory", file.display())]);
+        .one_error(&[&file.display().to_string()]);
     run_with(cmd().arg("status").arg(&missing)).one_error(&["does not exist"]);
 }
 
