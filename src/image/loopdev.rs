@@ -152,6 +152,16 @@ impl Drop for LoopDevice {
     }
 }
 
+/// Whether the loop device `/dev/loopN` detaches itself on its last close
+/// (`LO_FLAGS_AUTOCLEAR`), from sysfs.
+pub fn autoclears(device: &Path) -> bool {
+    let Some(name) = device.file_name() else {
+        return false;
+    };
+    std::fs::read_to_string(Path::new("/sys/block").join(name).join("loop/autoclear"))
+        .is_ok_and(|v| v.trim() == "1")
+}
+
 /// Loop devices whose backing file is `image` (by device and inode), read
 /// from sysfs. Used to refuse an image that is already attached elsewhere.
 pub fn attached_to(image: &File) -> Vec<PathBuf> {

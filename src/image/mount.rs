@@ -67,10 +67,16 @@ impl Mount {
                 "mounting {} ({fstype}{}) failed: {e}{}",
                 device.display(),
                 if read_only { ", read-only" } else { "" },
-                if e == Errno::EINVAL || e == Errno::ENODEV {
-                    " (the kernel cannot mount this filesystem: is it damaged, or a type this kernel lacks?)"
-                } else {
-                    ""
+                match e {
+                    Errno::EINVAL | Errno::ENODEV => {
+                        " (the kernel cannot mount this filesystem: is it damaged, or a type this kernel lacks?)"
+                    }
+                    // How ext4, xfs and btrfs report a bad checksum
+                    // (EFSBADCRC) and corrupt metadata (EFSCORRUPTED).
+                    Errno::EBADMSG | Errno::EUCLEAN => {
+                        " (the filesystem is damaged: a checksum or its metadata is wrong; check a copy of the image with fsck)"
+                    }
+                    _ => "",
                 }
             ));
         }

@@ -144,6 +144,19 @@ pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Opene
         ));
     }
     interrupt::check()?;
+    if layout.table == Table::None && kinds.iter().all(|(_, k)| *k == FsKind::Unknown) {
+        // Neither a table nor a filesystem: "no partition holds cloud.cfg;
+        // is cloud-init installed?" would send the user the wrong way.
+        if format == ImageFormat::Raw {
+            bail!(
+                "{display} is not a disk image prepare-image can read: it has no qcow2, vmdk, vhd or vhdx header, no partition table (GPT or MBR) and no filesystem it recognises (ext2/3/4, xfs, btrfs)"
+            );
+        }
+        bail!(
+            "{display} ({}) holds no partition table (GPT or MBR) and no filesystem prepare-image recognises: is the disk empty?",
+            format.name()
+        );
+    }
 
     let (chosen, kind) = match partition {
         Some(number) => {
@@ -197,8 +210,24 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// How long loop devices that detach themselves on last close (autoclear)
+/// may take to go: those of a run that just ended are still attached while
+/// a device scanner (udev's blkid, LVM, btrfs device scan) holds them open
+/// for a moment, and those of a killed run until the kernel has torn down
+/// its mount namespace. A device that stays (`mount -o loop`) is refused.
+const AUTOCLEAR_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn refuse_if_in_use(image: &File, display: &str) -> Result<()> {
-    let attached = loopdev::attached_to(image);
+    let mut attached = loopdev::attached_to(image);
+    let deadline = std::time::Instant::now() + AUTOCLEAR_GRACE;
+    while !attached.is_empty()
+        && attached.iter().all(|d| loopdev::autoclears(d))
+        && std::time::Instant::now() < deadline
+    {
+        interrupt::check()?;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        attached = loopdev::attached_to(image);
+    }
     if !attached.is_empty() {
         let devices: Vec<String> = attached.iter().map(|d| d.display().to_string()).collect();
         bail!(

@@ -72,10 +72,18 @@ impl RawView {
             // Its own process group: a Ctrl-C at the terminal reaches only us,
             // and we stop the daemon after releasing what sits on its export.
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // If we die between fork and prctl, the death signal is never sent:
+        // compare the parent after setting it, and give up if it is gone.
+        let parent = nix::unistd::getpid();
+        // SAFETY: prctl and getppid are async-signal-safe and nothing here
+        // allocates; nothing else runs between fork and exec.
         unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
             });
         }
         let child = command.spawn().map_err(|e| {
