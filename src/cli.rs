@@ -220,15 +220,34 @@ fn keep(
     } else {
         Mode::Apply
     };
-    // Only a real run opens an image read-write; a dry run or check cannot
-    // change a byte of it.
-    let target = Target::open(&args.target, mode == Mode::Apply, args.partition)?;
+    // An image is mounted read-write only when there is something to write:
+    // even a read-write mount that writes nothing changes the image file (the
+    // superblock's mount count, the journal). So an image is always planned
+    // on a read-only mount first; bad input and "nothing to do" never touch it.
+    let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
+    let first = Target::open(
+        &args.target,
+        mode == Mode::Apply && !is_image,
+        args.partition,
+    )?;
+    let (target, plan) = match plan_on(&first, &selected) {
+        Err(e) => return finish(first, Err(e)),
+        Ok(plan) if mode == Mode::Apply && is_image && plan.pending() => {
+            // The same partition again, now writable; plan again on what is
+            // really there (nothing may have changed, but we do not assume).
+            let partition = first.image().map(|i| i.partition).or(args.partition);
+            first.close()?;
+            let target = Target::open(&args.target, true, partition)?;
+            match plan_on(&target, &selected) {
+                Ok(plan) => (target, plan),
+                Err(e) => return finish(target, Err(e)),
+            }
+        }
+        Ok(plan) => (first, plan),
+    };
     let result = (|| {
-        interrupt::pause_point("mounted")?;
-        let set = effective::load(target.root())?;
-        let plan = plan::plan(&set, &selected)?;
         interrupt::check()?;
-        let backups = if mode == Mode::Apply {
+        let backups = if mode == Mode::Apply && plan.pending() {
             write(target.root(), &plan, args.backup)?
         } else {
             Vec::new()
@@ -253,6 +272,15 @@ fn keep(
         })
     })();
     finish(target, result)
+}
+
+/// Reads the configuration in the target and plans the keep.
+fn plan_on(target: &Target, selected: &[&Profile]) -> Result<Plan> {
+    interrupt::pause_point("mounted")?;
+    let set = effective::load(target.root())?;
+    let plan = plan::plan(&set, selected)?;
+    interrupt::check()?;
+    Ok(plan)
 }
 
 /// Writes every changed file: all temp files are prepared first, so a failure

@@ -465,6 +465,14 @@ impl Root {
         &self.path
     }
 
+    /// Names the root differently in messages: an image's root is a temp
+    /// mountpoint that means nothing to the user, so its errors name the
+    /// image and partition instead.
+    pub fn with_display(mut self, display: PathBuf) -> Root {
+        self.path = display;
+        self
+    }
+
     /// Resolves `rel` the way the kernel would with the image root as `/`, but in user space so the
     /// resulting path can be reported. Each directory is opened relative to its (already resolved)
     /// parent, so the root stays enforced by the kernel at every step.

@@ -1576,3 +1576,43 @@ fn signals_of_a_qcow2_run_take_the_daemon_along() {
         Signal::SIGTERM,
     );
 }
+
+/// A real run mounts read-write only when it has something to write: "nothing
+/// to do" and refused input leave the image file byte-identical (a read-write
+/// mount alone would change the superblock and journal), and errors name the
+/// image and partition, never the temp mountpoint.
+#[test]
+fn real_runs_that_write_nothing_leave_the_image_byte_identical() {
+    let ctx = Ctx::new();
+    let disk = small_image(&ctx, "idle.img");
+    let img = path_str(&disk.path);
+    let out = ctx.run(&["--keep", KEEP, img]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let after_edit = sha256(&disk.path);
+    let out = ctx.run(&["--keep", KEEP, img]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("nothing to do"), "{out:?}");
+    assert_eq!(
+        sha256(&disk.path),
+        after_edit,
+        "a run with nothing to do changed the image"
+    );
+
+    let dir = ctx.dir.path();
+    let tree = make_tree(dir, "jinja-tree", Tree::Root);
+    std::fs::write(tree.join(CLOUD_CFG), "## template:jinja\n#cloud-config\n").unwrap();
+    let root = piece(Fs::Ext4.make(dir, "jinja-root", &tree));
+    let bad = build_disk(dir, "jinja.img", Layout::Gpt512, vec![bios_boot(), root]);
+    let bad_img = path_str(&bad.path);
+    let before = sha256(&bad.path);
+    let message = ctx.run(&["--keep", KEEP, bad_img]).one_error().to_string();
+    assert!(
+        message.starts_with(&format!(
+            "error: {bad_img} (partition 2)/etc/cloud/cloud.cfg: line 1"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("prepare-image-mnt"), "{message}");
+    assert_eq!(sha256(&bad.path), before, "a refused run changed the image");
+    ctx.assert_released(false);
+}

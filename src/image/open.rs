@@ -185,7 +185,8 @@ pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Opene
     };
     let mount = Mount::new(loop_device.path(), fstype, !writable, options)
         .with_context(|| format!("partition {} of {display}", chosen.number))?;
-    opened.root = Some(Root::open(mount.path())?);
+    let name = PathBuf::from(format!("{display} (partition {})", chosen.number));
+    opened.root = Some(Root::open(mount.path())?.with_display(name));
     opened.mount = Some(mount);
     opened.loop_device = Some(loop_device);
     opened.raw = Some(raw);

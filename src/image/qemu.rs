@@ -20,7 +20,9 @@ pub const DAEMON_PACKAGE: &str = "qemu-utils";
 
 /// How long the daemon may take to show its FUSE export.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(20);
+/// Short: the export appears, and the daemon exits after SIGTERM, within a
+/// few milliseconds; a long poll would be most of a qcow2 run's time.
+const POLL: Duration = Duration::from_millis(1);
 /// How long the daemon may take to flush and exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
