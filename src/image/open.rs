@@ -158,7 +158,7 @@ pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Opene
         );
     }
 
-    let (chosen, kind) = match partition {
+    let (chosen, kind, probe) = match partition {
         Some(number) => {
             let (p, kind) = kinds
                 .iter()
@@ -171,20 +171,31 @@ pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Opene
                     )
                 })?;
             refuse_unmountable(&display, &p, &kind)?;
-            (p, kind)
+            (p, kind, None)
         }
-        None => find_root(&raw, &raw_path, &display, &kinds)?,
+        None => find_root(&raw, &raw_path, &display, &kinds, !writable)?,
     };
-    let fstype = kind.mount_type().expect("checked mountable");
-    let loop_device = LoopDevice::attach(&raw, &raw_path, chosen.offset, chosen.size, !writable)?;
-    interrupt::pause_point("attached")?;
-    let options = if writable {
-        ""
-    } else {
-        kind.read_only_options()
+    let (loop_device, mount) = match probe {
+        // Read-only and already mounted read-only by the probe: use it.
+        Some(probe) => {
+            interrupt::pause_point("attached")?;
+            probe
+        }
+        None => {
+            let fstype = kind.mount_type().expect("checked mountable");
+            let loop_device =
+                LoopDevice::attach(&raw, &raw_path, chosen.offset, chosen.size, !writable)?;
+            interrupt::pause_point("attached")?;
+            let options = if writable {
+                ""
+            } else {
+                kind.read_only_options()
+            };
+            let mount = Mount::new(loop_device.path(), fstype, !writable, options)
+                .with_context(|| format!("partition {} of {display}", chosen.number))?;
+            (loop_device, mount)
+        }
     };
-    let mount = Mount::new(loop_device.path(), fstype, !writable, options)
-        .with_context(|| format!("partition {} of {display}", chosen.number))?;
     let name = PathBuf::from(format!("{display} (partition {})", chosen.number));
     opened.root = Some(Root::open(mount.path())?.with_display(name));
     opened.mount = Some(mount);
@@ -272,39 +283,54 @@ fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()>
 }
 
 /// Probes every mountable partition read-only for `etc/cloud/cloud.cfg`.
+/// A partition probed read-only and still mounted, so a read-only run can
+/// use it as it is instead of attaching and mounting it a second time.
+type Probe = (LoopDevice, Mount);
+
+/// Probes every mountable partition read-only for `etc/cloud/cloud.cfg`.
+/// Returns the one that holds it, with its probe mount when it is kept.
 fn find_root(
     raw: &File,
     raw_path: &Path,
     display: &str,
     kinds: &[(Partition, FsKind)],
-) -> Result<(Partition, FsKind)> {
+    keep_probe: bool,
+) -> Result<(Partition, FsKind, Option<Probe>)> {
     let mut candidates = Vec::new();
+    let mut kept: Option<Probe> = None;
     for (p, kind) in kinds {
         let Some(fstype) = kind.mount_type() else {
             continue;
         };
         let device = LoopDevice::attach(raw, raw_path, p.offset, p.size, true)?;
-        let has_cloud_cfg = match Mount::new(device.path(), fstype, true, kind.read_only_options())
-        {
-            Ok(mount) => {
-                let found = Root::open(mount.path())
-                    .map(|r| r.exists(Path::new(CLOUD_CFG)))
-                    .unwrap_or(false);
-                mount.close()?;
-                found
-            }
+        let mount = match Mount::new(device.path(), fstype, true, kind.read_only_options()) {
+            Ok(mount) => mount,
             // A filesystem that does not mount cannot be the root we want;
             // if it is the only candidate, say why below.
-            Err(_) => false,
+            Err(_) => {
+                device.close()?;
+                continue;
+            }
         };
-        device.close()?;
+        let found = Root::open(mount.path())
+            .map(|r| r.exists(Path::new(CLOUD_CFG)))
+            .unwrap_or(false);
+        if found && keep_probe && kept.is_none() {
+            kept = Some((device, mount));
+        } else {
+            mount.close()?;
+            device.close()?;
+        }
         interrupt::check()?;
-        if has_cloud_cfg {
+        if found {
             candidates.push((p.clone(), *kind));
         }
     }
     match candidates.len() {
-        1 => Ok(candidates.remove(0)),
+        1 => {
+            let (p, kind) = candidates.remove(0);
+            Ok((p, kind, kept))
+        }
         0 => {
             if let Some((p, kind)) = kinds
                 .iter()
