@@ -20,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::anyhow;
@@ -303,6 +303,9 @@ fn lexical(rel: &Path) -> PathBuf {
 /// RESOLVE_NO_SYMLINKS (which implies RESOLVE_NO_MAGICLINKS) means a link swapped in after we resolved the
 /// path is refused rather than followed.
 fn open_in(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+    if openat2_unavailable() {
+        return open_in_without_openat2(dir, name, flags, mode);
+    }
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
         .mode(mode)
@@ -317,9 +320,49 @@ fn open_in(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag, mode: Mode) -> nix::
     loop {
         match openat2(dir, name, how) {
             Err(Errno::EAGAIN) if attempts < 16 => attempts += 1,
+            Err(Errno::ENOSYS) => {
+                OPENAT2_MISSING.store(true, Ordering::Relaxed);
+                return open_in_without_openat2(dir, name, flags, mode);
+            }
             result => return result,
         }
     }
+}
+
+/// Set once openat2(2) answered ENOSYS (Linux before 5.6, e.g. a CentOS 7
+/// guest running the static binary against `/`).
+static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
+
+/// Forces the openat(2) fallback, to test it on a kernel that has openat2.
+pub const FORCE_OPENAT_VARIABLE: &str = "PREPARE_IMAGE_FORCE_OPENAT";
+
+fn openat2_unavailable() -> bool {
+    OPENAT2_MISSING.load(Ordering::Relaxed)
+        || std::env::var_os(FORCE_OPENAT_VARIABLE).is_some_and(|v| v == "1")
+}
+
+/// The same confinement without openat2: `walk` hands us exactly one path
+/// component, never `..` (it resolves `..` and symlinks itself), so plain
+/// openat(2) relative to a directory inside the root cannot leave the root;
+/// O_NOFOLLOW makes a symlink swapped in meanwhile fail (or, with O_PATH,
+/// open as a link, which the callers' type checks refuse) rather than be
+/// followed.
+fn open_in_without_openat2(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: OFlag,
+    mode: Mode,
+) -> nix::Result<OwnedFd> {
+    let single_component = name != ".." && !name.as_bytes().contains(&b'/') && !name.is_empty();
+    if !single_component {
+        return Err(Errno::EXDEV);
+    }
+    nix::fcntl::openat(
+        dir,
+        name,
+        flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        mode,
+    )
 }
 
 fn file_type_name(st: &FileStat) -> &'static str {
@@ -440,21 +483,15 @@ impl Root {
             ),
             e => anyhow!("cannot open image root {}: {}", path.display(), e.desc()),
         })?;
-        // Probe openat2 once, so an old kernel gives one clear message instead of odd failures later.
+        // Open "." through the same path every later open takes, so a root we
+        // cannot work in fails here, once, with a clear message.
         open_in(
             fd.as_fd(),
             OsStr::new("."),
             OFlag::O_PATH | OFlag::O_DIRECTORY,
             Mode::empty(),
         )
-        .map_err(|e| match e {
-            Errno::ENOSYS => anyhow!(
-                "cannot use image root {}: this kernel lacks openat2(2), needed to stay inside the \
-                 image safely (Linux 5.6 or newer is required)",
-                path.display()
-            ),
-            e => anyhow!("cannot open image root {}: {}", path.display(), e.desc()),
-        })?;
+        .map_err(|e| anyhow!("cannot open image root {}: {}", path.display(), e.desc()))?;
         Ok(Root {
             fd,
             path: path.to_path_buf(),

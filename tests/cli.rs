@@ -1613,8 +1613,7 @@ fn error_missing_or_non_directory_root() {
         .one_error(&[&format!("image root {} does not exist", missing.display())]);
     let file = dir.path().join("file");
     fs::write(&file, b"a: 1\n").unwrap();
-    run_with(cmd().args(["--keep", "ntp"]).arg(&file))
-        .one_error(&[&file.display().to_string()]);
+    run_with(cmd().args(["--keep", "ntp"]).arg(&file)).one_error(&[&file.display().to_string()]);
     run_with(cmd().arg("status").arg(&missing)).one_error(&["does not exist"]);
 }
 
@@ -2012,4 +2011,58 @@ fn version_and_help_exit_zero() {
     ] {
         run(args).code(0);
     }
+}
+
+/// On kernels without openat2(2) (before Linux 5.6: CentOS 7 and 8 guests
+/// running the static binary against `/`), the openat(2) fallback keeps the
+/// same confinement. PREPARE_IMAGE_FORCE_OPENAT=1 takes the fallback here.
+#[test]
+fn without_openat2_links_still_resolve_inside_the_root() {
+    let fallback = || {
+        let mut c = cmd();
+        c.env("PREPARE_IMAGE_FORCE_OPENAT", "1");
+        c
+    };
+    // An absolute link: the in-root target is edited, the link stays.
+    let img = Image::empty();
+    img.write("etc/cloud/real.cfg", &fixture(TENCENT));
+    symlink("/etc/cloud/real.cfg", img.path(CLOUD_CFG)).unwrap();
+    let out = run_with(fallback().args(["--keep", "ntp"]).arg(img.root()));
+    out.code(0);
+    assert!(
+        out.stdout.starts_with("--- a/etc/cloud/real.cfg\n"),
+        "{}",
+        out.stdout
+    );
+    let text = String::from_utf8(img.read("etc/cloud/real.cfg")).unwrap();
+    assert!(!text.contains(" - ntp\n"), "{text}");
+    assert_eq!(
+        fs::read_link(img.path(CLOUD_CFG)).unwrap(),
+        Path::new("/etc/cloud/real.cfg")
+    );
+
+    // A relative link that climbs far above the root to a host file: it is
+    // confined to the root, where nothing is there, so the run fails and the
+    // host file is untouched.
+    let base = TempDir::new().unwrap();
+    let host_file = base.path().join("host.cfg");
+    fs::write(&host_file, fixture(TENCENT)).unwrap();
+    let img = Image::empty();
+    let climb = "../".repeat(img.root().components().count() + 4);
+    let rel = host_file.strip_prefix("/").unwrap().display().to_string();
+    symlink(format!("{climb}{rel}"), img.path(CLOUD_CFG)).unwrap();
+    assert_eq!(
+        fs::canonicalize(img.path(CLOUD_CFG)).unwrap(),
+        host_file,
+        "the host would follow it out"
+    );
+    let out = run_with(fallback().args(["--keep", "all"]).arg(img.root()));
+    out.code(1);
+    assert_eq!(fs::read(&host_file).unwrap(), fixture(TENCENT));
+    // Once the same path exists inside the root, that is what gets edited.
+    img.write(&rel, &fixture(TENCENT));
+    run_with(fallback().args(["--keep", "all"]).arg(img.root())).code(0);
+    assert_eq!(fs::read(&host_file).unwrap(), fixture(TENCENT));
+    let inside = String::from_utf8(img.read(&rel)).unwrap();
+    assert!(inside.contains("preserve_hostname: true"), "{inside}");
 }
