@@ -2066,3 +2066,35 @@ fn without_openat2_links_still_resolve_inside_the_root() {
     let inside = String::from_utf8(img.read(&rel)).unwrap();
     assert!(inside.contains("preserve_hostname: true"), "{inside}");
 }
+
+/// A full filesystem: the temp file cannot be written, so cloud.cfg stays
+/// exactly as it was (never partial), and the error says what to do.
+#[test]
+fn error_full_file_system_leaves_cloud_cfg_whole() {
+    let dir = TempDir::new().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let guard = MountGuard::tmpfs(&mnt);
+    fs::create_dir_all(mnt.join("etc/cloud")).unwrap();
+    fs::write(mnt.join(CLOUD_CFG), fixture(TENCENT)).unwrap();
+    // Fill the 4 MiB tmpfs to the last byte.
+    let mut filler = fs::File::create(mnt.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    drop(filler);
+    let before = fs::read(mnt.join(CLOUD_CFG)).unwrap();
+    let file = mnt.join(CLOUD_CFG).display().to_string();
+    run_with(cmd().args(["--keep", "all"]).arg(&mnt))
+        .one_error(&[&format!("cannot write {file}"), "no space left"]);
+    assert_eq!(fs::read(mnt.join(CLOUD_CFG)).unwrap(), before);
+    let leftovers: Vec<_> = fs::read_dir(mnt.join("etc/cloud"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec![std::ffi::OsString::from("cloud.cfg")],
+        "no temp file left"
+    );
+    drop(guard);
+}
