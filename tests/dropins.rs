@@ -401,7 +401,9 @@ fn ubuntu_26_04_subiquity_keep_all_edits_only_cloud_cfg() {
         !whats.iter().any(|w| w.contains("network")),
         "network is kept by the drop-in: {whats:?}"
     );
-    assert_eq!(base.changes.len(), 7, "{whats:?}");
+    // The 7 of the guide, plus write_files_deferred, ssh and
+    // ssh_authkey_fingerprints (repos and keys profiles).
+    assert_eq!(base.changes.len(), 10, "{whats:?}");
 }
 
 // (d) preserve_hostname: false in a drop-in over true in cloud.cfg.

@@ -329,23 +329,24 @@ fn keep_all_table() {
         "(a change shared by hostname and hosts, removing scripts-user, counts in both columns)"
     );
     // Pinned, after reading each fixture: the count of target modules
-    // present (scripts-user counted once), plus preserve_hostname and
-    // network where not already as wanted, plus manage_etc_hosts where set.
+    // present (scripts-user counted once; ssh, ssh-authkey-fingerprints and
+    // write-files-deferred included), plus preserve_hostname and network
+    // where not already as wanted, plus manage_etc_hosts where set.
     let want = [
-        ("amazon-linux-2.cfg", 7), // network already disabled
-        ("arch-linux-23.1.cfg", 8),
-        ("debian-bookworm-22.4.2-1+deb12u4.cfg", 8),
-        ("huaweicloud-ubuntu-0.7.6.cfg", 7), // network disabled; manage_etc_hosts
-        ("openimgcloud-alpine-2025.cfg", 9), // resolv_conf too
-        ("pibernetes-raspbian-2022.cfg", 7), // no update_etc_hosts
-        ("redhat-rhel-8.5.cfg", 7),          // no ntp
-        ("tencent-alinux-48aa7c6.cfg", 8),
-        ("tencent-centos-rhel8.5.cfg", 10), // resolv_conf twice
-        ("ubuntu-20.04-ami-20210816.cfg", 8),
-        ("ubuntu-26.04-subiquity.cfg", 8),
-        ("ubuntu-proxmox-template-24.1.cfg", 8),
-        ("upstream-freebsd-0.7.9.cfg", 5), // commented-out entries stay
-        ("upstream-rhel-26.2.cfg", 8),
+        ("amazon-linux-2.cfg", 9),   // network already disabled
+        ("arch-linux-23.1.cfg", 11), // write-files-deferred too
+        ("debian-bookworm-22.4.2-1+deb12u4.cfg", 11),
+        ("huaweicloud-ubuntu-0.7.6.cfg", 9), // network disabled; manage_etc_hosts
+        ("openimgcloud-alpine-2025.cfg", 12), // resolv_conf too
+        ("pibernetes-raspbian-2022.cfg", 8), // no update_etc_hosts, no ssh-authkey-fingerprints
+        ("redhat-rhel-8.5.cfg", 9),          // no ntp
+        ("tencent-alinux-48aa7c6.cfg", 10),
+        ("tencent-centos-rhel8.5.cfg", 12),    // resolv_conf twice
+        ("ubuntu-20.04-ami-20210816.cfg", 10), // no write-files-deferred yet
+        ("ubuntu-26.04-subiquity.cfg", 11),
+        ("ubuntu-proxmox-template-24.1.cfg", 11),
+        ("upstream-freebsd-0.7.9.cfg", 7), // commented-out entries stay
+        ("upstream-rhel-26.2.cfg", 11),
     ];
     let want: Vec<(String, usize)> = want.iter().map(|(f, n)| (f.to_string(), *n)).collect();
     assert_eq!(totals, want);
@@ -380,6 +381,11 @@ fn tencent_centos_keep_all_exactly() {
         (34, "removed `ntp` from cloud_config_modules"),
         (30, "removed `set-passwords` from cloud_config_modules"),
         (24, "removed `users-groups` from cloud_init_modules"),
+        (25, "removed `ssh` from cloud_init_modules"),
+        (
+            52,
+            "removed `ssh-authkey-fingerprints` from cloud_final_modules",
+        ),
         (71, "added network: {config: disabled}"),
     ]
     .iter()
@@ -398,6 +404,8 @@ fn tencent_centos_keep_all_exactly() {
         " - ntp",
         "resolv_conf",
         "scripts-user",
+        " - ssh\n",
+        "ssh-authkey-fingerprints",
     ] {
         assert!(!new.contains(gone), "{gone} still in\n{new}");
     }
@@ -408,10 +416,10 @@ fn tencent_centos_keep_all_exactly() {
         ),
         "{new}"
     );
-    // Everything else is as it was: 70 lines, minus 7 removed entry lines
-    // (the 8th removal edits unverified_modules in place), plus 2 added.
+    // Everything else is as it was: 70 lines, minus 9 removed entry lines
+    // (the 10th removal edits unverified_modules in place), plus 2 added.
     assert_eq!(text.lines().count(), 70);
-    assert_eq!(new.lines().count(), 70 - 7 + 2);
+    assert_eq!(new.lines().count(), 70 - 9 + 2);
 }
 
 #[test]
