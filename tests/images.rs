@@ -1616,3 +1616,31 @@ fn real_runs_that_write_nothing_leave_the_image_byte_identical() {
     assert_eq!(sha256(&bad.path), before, "a refused run changed the image");
     ctx.assert_released(false);
 }
+
+/// Without qemu-storage-daemon a qcow2 image cannot be opened: the error
+/// says which Debian package provides it, and the image is untouched.
+#[test]
+fn missing_qemu_storage_daemon_names_the_package() {
+    let ctx = Ctx::new();
+    let disk = small_image(&ctx, "nodaemon.raw");
+    let qcow2 = ctx.path("nodaemon.qcow2");
+    convert(&disk.path, &qcow2, Format::Qcow2);
+    let before = sha256(&qcow2);
+    // An empty PATH: the binary finds no helper program at all.
+    let empty = ctx.path("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    let out = ctx
+        .command()
+        .env("PATH", &empty)
+        .args(["--keep", KEEP, "--dry-run", path_str(&qcow2)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: qemu-storage-daemon is needed for qcow2 images but is not installed: install the Debian package qemu-utils"),
+        "{stderr}"
+    );
+    assert_eq!(sha256(&qcow2), before);
+    ctx.assert_released(false);
+}
