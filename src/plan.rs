@@ -19,7 +19,6 @@ use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::document::Value;
 use crate::editor::{self, Edit};
 use crate::effective::{ConfigSet, SettingState, setting_state};
 use crate::profile::{Condition, Profile, Warning};
@@ -73,133 +72,11 @@ struct Wanted<'a> {
 /// Plans the edits that keep `profiles` in `set`. Pure: reads nothing and
 /// writes nothing.
 pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
-    let mut wanted: Vec<Wanted> = Vec::new();
-    for profile in profiles {
-        for pe in &profile.edits {
-            match wanted.iter_mut().find(|w| *w.edit == pe.edit) {
-                Some(w) => {
-                    w.profiles.push(&profile.name);
-                    w.warnings.extend(&pe.warnings);
-                }
-                None => wanted.push(Wanted {
-                    edit: &pe.edit,
-                    profiles: vec![&profile.name],
-                    warnings: pe.warnings.iter().collect(),
-                }),
-            }
-        }
-    }
-    let effective = set.effective();
-
-    // Per-file edits: the edit as given for removals; for a `set`, only
-    // where the key is already present, unless no file sets it at all.
-    let mut per_file: Vec<Vec<(usize, Edit)>> = vec![Vec::new(); set.files.len()];
-    for (index, w) in wanted.iter().enumerate() {
-        match w.edit {
-            Edit::Set {
-                path,
-                value,
-                add_if_missing,
-            } => {
-                let keys: Vec<&str> = path.iter().map(String::as_str).collect();
-                let decision = set.decider(&keys);
-                if decision
-                    .as_ref()
-                    .is_some_and(|d| d.complete && editor::satisfies(&d.node.to_value(), value))
-                {
-                    continue;
-                }
-                if decision.is_none() && !add_if_missing {
-                    continue;
-                }
-                let in_place = Edit::Set {
-                    path: path.clone(),
-                    value: value.clone(),
-                    add_if_missing: false,
-                };
-                // Where the path must be added when no file decides it at the
-                // full path: in the file whose non-mapping value hides it (the
-                // decider, e.g. a drop-in's `network: 5`); else in the
-                // highest-precedence file whose mapping at the top-level key
-                // is merged over the lower ones (a drop-in's
-                // `network: {renderers: [..]}`); else in cloud.cfg.
-                let add_to = match &decision {
-                    Some(d) if d.complete => None,
-                    Some(d) => Some(d.file),
-                    None => Some(
-                        set.files
-                            .iter()
-                            .rposition(|f| {
-                                f.doc.root.as_ref().and_then(|r| r.get(&path[0])).is_some()
-                            })
-                            .unwrap_or(0),
-                    ),
-                };
-                for (file_index, edits) in per_file.iter_mut().enumerate() {
-                    let add_here = *add_if_missing && add_to == Some(file_index);
-                    let edit = if add_here {
-                        w.edit.clone()
-                    } else {
-                        in_place.clone()
-                    };
-                    edits.push((index, edit));
-                }
-            }
-            _ => {
-                for edits in per_file.iter_mut() {
-                    edits.push((index, w.edit.clone()));
-                }
-            }
-        }
-    }
-
-    let mut files = Vec::new();
-    // Which wanted edits changed something: their warnings apply.
-    let mut changed_wanted = vec![false; wanted.len()];
-    for (file, edits) in set.files.iter().zip(&per_file) {
-        let just_edits: Vec<Edit> = edits.iter().map(|(_, e)| e.clone()).collect();
-        let edited = editor::apply(&file.text, &just_edits)
-            .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-        let is_drop_in = !files.is_empty();
-        let changes = edited
-            .changes
-            .iter()
-            .map(|c| {
-                let w = &wanted[edits[c.edit].0];
-                changed_wanted[edits[c.edit].0] = true;
-                let mut what = c.what.clone();
-                if is_drop_in && matches!(w.edit, Edit::Set { .. }) {
-                    what.push_str(" (this drop-in decides the value over cloud.cfg)");
-                }
-                PlannedChange {
-                    profiles: w.profiles.iter().map(|p| p.to_string()).collect(),
-                    line: c.line,
-                    what,
-                }
-            })
-            .collect();
-        files.push(FilePlan {
-            path: file.path.clone(),
-            old_text: file.text.clone(),
-            new_text: edited.text,
-            changes,
-        });
-    }
-
-    // The edited set must keep every requested setting and mean exactly the
-    // intended change of the effective configuration, nothing else.
+    let wanted = distinct_edits(profiles);
+    let per_file = edits_per_file(set, &wanted);
+    let (files, changed_wanted) = edit_files(set, &wanted, &per_file)?;
     let new_set = set.with_texts(&files.iter().map(|f| f.new_text.clone()).collect::<Vec<_>>())?;
-    let mut expected = effective.clone();
-    for w in &wanted {
-        apply_effective(&mut expected, w.edit);
-    }
-    let actual = new_set.effective();
-    if actual != expected {
-        bail!(
-            "internal error: the edits would change the effective configuration beyond what was asked; nothing was written \
-             (expected {expected}, got {actual}); please report this with the files"
-        );
-    }
+    verify(set, &new_set, &wanted)?;
     let before: Vec<SettingState> = profiles.iter().map(|p| setting_state(set, p)).collect();
     let after: Vec<SettingState> = profiles
         .iter()
@@ -218,7 +95,167 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
             why.join("; ")
         );
     }
+    let mut warnings = applicable_warnings(set, profiles, &wanted, &changed_wanted);
+    warnings.extend(duplicate_key_warnings(set, &wanted));
+    Ok(Plan {
+        files,
+        warnings,
+        before,
+        after,
+    })
+}
 
+/// The profiles' edits, each once, with every profile that asked for it.
+fn distinct_edits<'a>(profiles: &[&'a Profile]) -> Vec<Wanted<'a>> {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for profile in profiles {
+        for pe in &profile.edits {
+            match wanted.iter_mut().find(|w| *w.edit == pe.edit) {
+                Some(w) => {
+                    w.profiles.push(&profile.name);
+                    w.warnings.extend(&pe.warnings);
+                }
+                None => wanted.push(Wanted {
+                    edit: &pe.edit,
+                    profiles: vec![&profile.name],
+                    warnings: pe.warnings.iter().collect(),
+                }),
+            }
+        }
+    }
+    wanted
+}
+
+/// Per file, the edits to apply there (with the index of the wanted edit
+/// each serves): removals everywhere; a `set` only where the key is already
+/// present, and added in one place when no file decides it (module doc).
+fn edits_per_file(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Vec<(usize, Edit)>> {
+    let mut per_file: Vec<Vec<(usize, Edit)>> = vec![Vec::new(); set.files.len()];
+    for (index, w) in wanted.iter().enumerate() {
+        let Edit::Set {
+            path,
+            value,
+            add_if_missing,
+        } = w.edit
+        else {
+            for edits in per_file.iter_mut() {
+                edits.push((index, w.edit.clone()));
+            }
+            continue;
+        };
+        let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+        let decision = set.decider(&keys);
+        if decision
+            .as_ref()
+            .is_some_and(|d| d.complete && editor::satisfies(&d.node.to_value(), value))
+        {
+            continue;
+        }
+        if decision.is_none() && !add_if_missing {
+            continue;
+        }
+        let in_place = Edit::Set {
+            path: path.clone(),
+            value: value.clone(),
+            add_if_missing: false,
+        };
+        // Where the path must be added when no file decides it at the full
+        // path: in the file whose non-mapping value hides it (the decider,
+        // e.g. a drop-in's `network: 5`); else in the highest-precedence file
+        // whose mapping at the top-level key is merged over the lower ones (a
+        // drop-in's `network: {renderers: [..]}`); else in cloud.cfg.
+        let add_to = match &decision {
+            Some(d) if d.complete => None,
+            Some(d) => Some(d.file),
+            None => Some(
+                set.files
+                    .iter()
+                    .rposition(|f| f.doc.root.as_ref().and_then(|r| r.get(&path[0])).is_some())
+                    .unwrap_or(0),
+            ),
+        };
+        for (file_index, edits) in per_file.iter_mut().enumerate() {
+            let add_here = *add_if_missing && add_to == Some(file_index);
+            edits.push((
+                index,
+                if add_here {
+                    w.edit.clone()
+                } else {
+                    in_place.clone()
+                },
+            ));
+        }
+    }
+    per_file
+}
+
+/// Runs the editor on every file. Returns the file plans and, per wanted
+/// edit, whether it changed anything (only then do its warnings apply).
+fn edit_files(
+    set: &ConfigSet,
+    wanted: &[Wanted],
+    per_file: &[Vec<(usize, Edit)>],
+) -> Result<(Vec<FilePlan>, Vec<bool>)> {
+    let mut files = Vec::new();
+    let mut changed_wanted = vec![false; wanted.len()];
+    for (file, edits) in set.files.iter().zip(per_file) {
+        let just_edits: Vec<Edit> = edits.iter().map(|(_, e)| e.clone()).collect();
+        let edited = editor::apply(&file.text, &just_edits)
+            .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
+        let is_drop_in = !files.is_empty();
+        let changes = edited
+            .changes
+            .iter()
+            .map(|c| {
+                let wanted_index = edits[c.edit].0;
+                let w = &wanted[wanted_index];
+                changed_wanted[wanted_index] = true;
+                let mut what = c.what.clone();
+                if is_drop_in && matches!(w.edit, Edit::Set { .. }) {
+                    what.push_str(" (this drop-in decides the value over cloud.cfg)");
+                }
+                PlannedChange {
+                    profiles: w.profiles.iter().map(|p| p.to_string()).collect(),
+                    line: c.line,
+                    what,
+                }
+            })
+            .collect();
+        files.push(FilePlan {
+            path: file.path.clone(),
+            old_text: file.text.clone(),
+            new_text: edited.text,
+            changes,
+        });
+    }
+    Ok((files, changed_wanted))
+}
+
+/// The edited set must mean exactly the intended change of the effective
+/// configuration, nothing else.
+fn verify(old: &ConfigSet, new: &ConfigSet, wanted: &[Wanted]) -> Result<()> {
+    let mut expected = old.effective();
+    for w in wanted {
+        editor::apply_to_value(&mut expected, w.edit);
+    }
+    let actual = new.effective();
+    if actual != expected {
+        bail!(
+            "internal error: the edits would change the effective configuration beyond what was asked; nothing was written \
+             (expected {expected}, got {actual}); please report this with the files"
+        );
+    }
+    Ok(())
+}
+
+/// Warnings of the edits that changed something and of the profiles they
+/// belong to, each once, where their condition holds.
+fn applicable_warnings(
+    set: &ConfigSet,
+    profiles: &[&Profile],
+    wanted: &[Wanted],
+    changed_wanted: &[bool],
+) -> Vec<Warning> {
     let mut warnings: Vec<Warning> = Vec::new();
     let keeping: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
     let mut push = |warning: &Warning| {
@@ -231,32 +268,21 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
             warnings.push(warning.clone());
         }
     };
-    for (index, w) in wanted.iter().enumerate() {
-        if changed_wanted[index] {
+    for (w, changed) in wanted.iter().zip(changed_wanted) {
+        if *changed {
             w.warnings.iter().for_each(|warning| push(warning));
         }
     }
     for profile in profiles {
         let changed = wanted
             .iter()
-            .zip(&changed_wanted)
+            .zip(changed_wanted)
             .any(|(w, changed)| *changed && w.profiles.contains(&profile.name.as_str()));
         if changed {
             profile.warnings.iter().for_each(&mut push);
         }
     }
-    warnings.extend(duplicate_key_warnings(set, &wanted));
-    Ok(Plan {
-        files,
-        warnings,
-        before,
-        after,
-    })
-}
-
-/// The intended change to the effective configuration (see the module doc).
-fn apply_effective(effective: &mut Value, edit: &Edit) {
-    editor::apply_to_value(effective, edit);
+    warnings
 }
 
 /// PyYAML keeps the last of duplicated keys; we edited all of them, and say so.
