@@ -24,10 +24,12 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod common_images;
+use common_images::{LoopDevice, Mount};
 
 const PREPARE_IMAGE: &str = env!("CARGO_BIN_EXE_prepare-image");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -296,84 +298,6 @@ fn make_image(dir: &Path, cloud_cfg: &[u8], format: Format) -> PathBuf {
     }
 }
 
-/// A loop device attached by a test; exactly this one is detached on drop.
-struct LoopDevice {
-    path: String,
-}
-
-impl LoopDevice {
-    /// `losetup -r -f --show -o OFFSET --sizelimit SIZE FILE`, retried:
-    /// tests running in parallel may race for the same free device.
-    fn attach_read_only(file: &Path, offset: u64, size: u64) -> LoopDevice {
-        let mut last_error = String::new();
-        for _ in 0..10 {
-            let out = Command::new("losetup")
-                .args(["-r", "-f", "--show", "-o"])
-                .arg(offset.to_string())
-                .arg("--sizelimit")
-                .arg(size.to_string())
-                .arg(file)
-                .output()
-                .unwrap_or_else(|e| spawn_error("losetup", e));
-            if out.status.success() {
-                let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                assert!(path.starts_with("/dev/loop"), "losetup said {path:?}");
-                return LoopDevice { path };
-            }
-            last_error = String::from_utf8_lossy(&out.stderr).into_owned();
-            sleep(Duration::from_millis(200));
-        }
-        panic!("losetup -r {} failed: {last_error}", file.display());
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        for attempt in 0..20 {
-            let status = Command::new("losetup").args(["-d", &self.path]).status();
-            if matches!(status, Ok(s) if s.success()) {
-                return;
-            }
-            sleep(Duration::from_millis(100 * (attempt + 1)));
-        }
-        eprintln!("warning: could not detach {}", self.path);
-    }
-}
-
-/// A read-only mount made by a test; exactly this mount point is unmounted
-/// on drop. Declared after its [`LoopDevice`], so it is dropped first.
-struct Mount {
-    path: PathBuf,
-}
-
-impl Mount {
-    fn ext4_read_only(device: &str, path: &Path) -> Mount {
-        fs::create_dir_all(path).unwrap();
-        // noload: never replay a journal, so reading changes nothing.
-        run(
-            "mount",
-            &["-t", "ext4", "-o", "ro,noload", device, path_str(path)],
-        );
-        Mount {
-            path: path.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        for attempt in 0..20 {
-            let status = Command::new("umount").arg(&self.path).status();
-            if matches!(status, Ok(s) if s.success()) {
-                return;
-            }
-            sleep(Duration::from_millis(100 * (attempt + 1)));
-        }
-        eprintln!("warning: could not unmount {}", self.path.display());
-    }
-}
-
-/// The partition's start and size in bytes, as sfdisk reads the table now.
 fn partition_extent(raw: &Path) -> (u64, u64) {
     let json: serde_json::Value = serde_json::from_str(&run("sfdisk", &["-J", path_str(raw)]))
         .expect("sfdisk -J prints JSON");
@@ -411,8 +335,15 @@ fn read_cloud_cfg(image: &Path, format: Format, scratch: &Path) -> String {
         }
     };
     let (offset, size) = partition_extent(&raw);
-    let device = LoopDevice::attach_read_only(&raw, offset, size);
-    let mount = Mount::ext4_read_only(&device.path, &scratch.join("verify-mnt"));
+    let (offset, size) = (offset.to_string(), size.to_string());
+    let device = LoopDevice::attach(&raw, &["-r", "-o", &offset, "--sizelimit", &size]);
+    // noload: never replay a journal, so reading changes nothing.
+    let mount = Mount::new(
+        &device.path,
+        &scratch.join("verify-mnt"),
+        "ext4",
+        "ro,noload",
+    );
     let text = fs::read_to_string(mount.path.join("etc/cloud/cloud.cfg")).unwrap();
     drop(mount);
     drop(device);
