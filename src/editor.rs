@@ -735,9 +735,38 @@ impl Context<'_> {
 
     /// Adds a top-level `key: value` at the end of the document, keeping the
     /// file's line endings and its missing final newline, if it has one.
+    /// Byte offset of a final `...` document-end line, if the document has
+    /// one with nothing but blank and comment lines after it.
+    fn document_end_marker(&self) -> Option<usize> {
+        let mut offset = self.text.len();
+        for line in self.text.split_inclusive('\n').rev() {
+            offset -= line.len();
+            let content = line.trim_end();
+            if content == "..." {
+                return Some(offset);
+            }
+            if !(content.is_empty() || content.trim_start().starts_with('#')) {
+                return None;
+            }
+        }
+        None
+    }
+
     fn append_top_level(&self, path: &[String], wanted: &Value) -> Planned {
         let (first, rest) = path.split_first().expect("paths are never empty");
         let entry = format!("{first}: {}", nested_value(rest, wanted));
+        if let Some(at) = self.document_end_marker() {
+            // After `...` a key would start a second document, which
+            // cloud-init cannot load: the key goes before the marker.
+            return Planned {
+                parts: vec![Part {
+                    start: at,
+                    end: at,
+                    insert: format!("{entry}{}", self.eol),
+                }],
+                what: format!("added {entry}"),
+            };
+        }
         let at_line_start = self.text.is_empty() || self.text.ends_with('\n');
         let insert = match (at_line_start, self.final_newline) {
             (true, true) => format!("{entry}{}", self.eol),
@@ -1001,6 +1030,13 @@ mod tests {
                 "",
                 vec![set("preserve_hostname", Value::Bool(true))],
                 "preserve_hostname: true\n",
+            ),
+            // After an explicit document end a key would start a second
+            // document: it goes before the `...`.
+            (
+                "a: 1\n...\n# end\n",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "a: 1\npreserve_hostname: true\n...\n# end\n",
             ),
             // No final newline: still none after removing a last entry that
             // follows an empty line, then adding a key.
