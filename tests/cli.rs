@@ -21,6 +21,9 @@ use assert_cmd::Command;
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod common_guards;
+use common_guards::{Immutable, Tmpfs};
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cloud-cfg");
 const CLOUD_CFG: &str = "etc/cloud/cloud.cfg";
 const BAK: &str = ".prepare-image.bak";
@@ -386,67 +389,6 @@ fn assert_patch_reproduces_run(img: &Image, args: &[&str], patch_flags: &[&str])
         diff.stdout
     );
     diff.stdout_bytes
-}
-
-/// Unmounts exactly the mountpoint it mounted, also when the test panics.
-struct MountGuard(PathBuf);
-
-impl MountGuard {
-    fn tmpfs(at: &Path) -> MountGuard {
-        let status = StdCommand::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                "size=4m,mode=755",
-                "prepare-image-cli-test",
-            ])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs at {}", at.display());
-        MountGuard(at.to_path_buf())
-    }
-
-    fn remount_ro(&self) {
-        let status = StdCommand::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success(), "remount ro {}", self.0.display());
-    }
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = StdCommand::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Sets the immutable attribute on a path and clears it again on drop, so the TempDir can be removed.
-struct ImmutableGuard(PathBuf);
-
-impl ImmutableGuard {
-    fn set(path: &Path) -> ImmutableGuard {
-        let status = StdCommand::new("chattr")
-            .arg("+i")
-            .arg(path)
-            .status()
-            .expect("chattr (e2fsprogs) must be installed");
-        assert!(
-            status.success(),
-            "chattr +i {} (is /tmp on ext4?)",
-            path.display()
-        );
-        ImmutableGuard(path.to_path_buf())
-    }
-}
-
-impl Drop for ImmutableGuard {
-    fn drop(&mut self) {
-        let _ = StdCommand::new("chattr").arg("-i").arg(&self.0).status();
-    }
 }
 
 /// A pseudo-terminal: (master, slave). What the child writes to the slave is read from the master.
@@ -1623,7 +1565,7 @@ fn error_read_only_file_system() {
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     // Declared after `dir`: dropped (unmounted) first.
-    let guard = MountGuard::tmpfs(&mnt);
+    let guard = Tmpfs::mount(&mnt, "size=4m,mode=755");
     fs::create_dir_all(mnt.join("etc/cloud")).unwrap();
     fs::write(mnt.join(CLOUD_CFG), fixture(TENCENT)).unwrap();
     guard.remount_ro();
@@ -1647,7 +1589,7 @@ fn error_read_only_file_system() {
 fn error_permission_denied_on_an_immutable_directory() {
     let img = Image::fixture(TENCENT);
     let dir = img.path("etc/cloud");
-    let guard = ImmutableGuard::set(&dir);
+    let guard = Immutable::set(&dir);
     let before = img.snapshot();
     let file = cfg_path(&img);
     for args in [
@@ -1671,7 +1613,7 @@ fn error_permission_denied_on_an_immutable_file() {
     // immutable file fails. The directory's times change (temp file made and removed); the contents
     // of the tree do not, and no temp file is left behind.
     let img = Image::fixture(TENCENT);
-    let guard = ImmutableGuard::set(&img.path(CLOUD_CFG));
+    let guard = Immutable::set(&img.path(CLOUD_CFG));
     let before = img.snapshot();
     for args in [&["--keep", "ntp"][..], &["--keep", "ntp", "--backup"][..]] {
         img.run(args).one_error(&[
@@ -2074,7 +2016,7 @@ fn error_full_file_system_leaves_cloud_cfg_whole() {
     let dir = TempDir::new().unwrap();
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let guard = MountGuard::tmpfs(&mnt);
+    let guard = Tmpfs::mount(&mnt, "size=4m,mode=755");
     fs::create_dir_all(mnt.join("etc/cloud")).unwrap();
     fs::write(mnt.join(CLOUD_CFG), fixture(TENCENT)).unwrap();
     // Fill the 4 MiB tmpfs to the last byte.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod common_images;
-use common_images::{LoopDevice, Mount};
+use common_images::{LoopDevice, Mount, path_str, run, run_with_input, spawn_error};
 
 const PREPARE_IMAGE: &str = env!("CARGO_BIN_EXE_prepare-image");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -42,72 +42,6 @@ const PART_SECTORS: u64 = 131072;
 
 fn manifest_path(rel: &str) -> PathBuf {
     Path::new(MANIFEST_DIR).join(rel)
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temporary paths are UTF-8")
-}
-
-/// The Debian package that provides a command, for failure messages.
-fn package_of(program: &str) -> &'static str {
-    match program {
-        "packer" => "packer",
-        "sfdisk" => "fdisk",
-        "mkfs.ext4" => "e2fsprogs",
-        "qemu-img" => "qemu-utils",
-        _ => "util-linux",
-    }
-}
-
-fn spawn_error(program: &str, e: std::io::Error) -> ! {
-    panic!(
-        "could not run `{program}` ({e}): these tests need root and \
-         `apt-get install -y {}` (see tests/packer.rs)",
-        package_of(program)
-    )
-}
-
-/// Run a tool; panic with its output when it fails. Returns its stdout.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| spawn_error(program, e));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn run_with_input(program: &str, args: &[&str], input: &str) -> String {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| spawn_error(program, e));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 // ---------------------------------------------------------------------------

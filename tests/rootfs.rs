@@ -5,13 +5,15 @@ use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use prepare_image::rootfs::{AccessErrorKind, DirEntry, Root};
 use tempfile::TempDir;
+
+mod common_guards;
+use common_guards::{Immutable, Tmpfs};
 
 const BAK: &str = ".prepare-image.bak";
 
@@ -35,43 +37,13 @@ fn p(s: &str) -> &Path {
     Path::new(s)
 }
 
-/// Unmounts exactly the mountpoint it mounted, also when the test panics.
-struct MountGuard(PathBuf);
-
-impl MountGuard {
-    fn tmpfs(at: &Path, opts: &str) -> MountGuard {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "prepare-image-test"])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs at {}", at.display());
-        MountGuard(at.to_path_buf())
-    }
-
-    fn remount_ro(&self) {
-        let status = Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success(), "remount ro {}", self.0.display());
-    }
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A tmpfs mounted at TEMPDIR/mnt. Returned in drop order: the guard must go before the TempDir.
-fn tmpfs_image() -> (MountGuard, TempDir, PathBuf) {
+fn tmpfs_image() -> (Tmpfs, TempDir, PathBuf) {
     assert_root();
     let dir = TempDir::new().unwrap();
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let guard = MountGuard::tmpfs(&mnt, "size=4m,mode=755");
+    let guard = Tmpfs::mount(&mnt, "size=4m,mode=755");
     fs::create_dir_all(mnt.join("etc/cloud")).unwrap();
     (guard, dir, mnt)
 }
@@ -759,29 +731,6 @@ fn read_only_filesystem_is_reported_with_path() {
         )
     );
     assert!(!e.to_string().contains('\n'));
-}
-
-/// Undoes `chattr +i` even when the test fails, so the TempDir can be removed.
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn set(path: &Path) -> Immutable {
-        let out = Command::new("chattr").arg("+i").arg(path).output().unwrap();
-        assert!(
-            out.status.success(),
-            "chattr +i {} failed (the test needs a file system with the immutable attribute, \
-             like ext4 or tmpfs): {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Immutable(path.to_path_buf())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub const MIB: u64 = 1024 * 1024;
 /// The Debian package that provides a command, for failure messages.
 fn package_of(program: &str) -> &'static str {
     match program {
+        "packer" => "packer",
+        "qemu-img" => "qemu-utils",
         "sfdisk" => "fdisk",
         "mkfs.xfs" => "xfsprogs",
         "mkfs.btrfs" => "btrfs-progs",
@@ -27,10 +29,18 @@ fn package_of(program: &str) -> &'static str {
         "mkfs.ntfs" => "ntfs-3g",
         "cryptsetup" => "cryptsetup-bin",
         "pvcreate" => "lvm2",
-        "mke2fs" => "e2fsprogs",
+        "mke2fs" | "mkfs.ext4" => "e2fsprogs",
         "sha256sum" => "coreutils",
         _ => "util-linux",
     }
+}
+
+/// A tool that could not be started: say which Debian package provides it.
+pub fn spawn_error(program: &str, e: std::io::Error) -> ! {
+    panic!(
+        "could not run `{program}` ({e}): these tests need root and `apt-get install -y {}` (.ci/run installs it)",
+        package_of(program)
+    )
 }
 
 /// Run a command with `stdin` as its input; panic with its stderr when it
@@ -43,12 +53,7 @@ pub fn run_with_input(program: &str, args: &[&str], stdin: &str) -> String {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "could not run {program} ({e}): these tests need root and `apt-get install {}`",
-                package_of(program)
-            )
-        });
+        .unwrap_or_else(|e| spawn_error(program, e));
     child
         .stdin
         .take()

@@ -1,0 +1,66 @@
+//! Guards for kernel state a test sets up on the host: a tmpfs mount and the
+//! immutable attribute. Each undoes exactly what it did, also when the test
+//! panics, so the TempDir around it can be removed.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tmpfs mounted at a test's directory; exactly that mountpoint is
+/// unmounted on drop. Declare it after the TempDir holding the mountpoint,
+/// so it is dropped (unmounted) first.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, options: &str) -> Tmpfs {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "prepare-image-test"])
+            .arg(at)
+            .status()
+            .expect("mount (util-linux) must be installed");
+        assert!(status.success(), "mount tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    pub fn remount_ro(&self) {
+        let status = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount ro {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// `chattr +i` on a path, undone on drop.
+pub struct Immutable(PathBuf);
+
+impl Immutable {
+    pub fn set(path: &Path) -> Immutable {
+        let out = Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .expect("chattr (e2fsprogs) must be installed");
+        assert!(
+            out.status.success(),
+            "chattr +i {} failed (the test needs a file system with the immutable attribute, \
+             like ext4 or tmpfs): {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
