@@ -213,7 +213,8 @@ fn nested_value(path: &[String], wanted: &Value) -> Value {
 /// Applies `edits` to `text`. Returns the new text (equal to `text` when
 /// nothing needed changing) and the changes made, in order.
 pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
-    let original = document::parse(text).map_err(EditError::Parse)?;
+    let mut doc = document::parse(text).map_err(EditError::Parse)?;
+    let original = doc.to_value();
     let eol = if text
         .find('\n')
         .is_some_and(|i| i > 0 && text.as_bytes()[i - 1] == b'\r')
@@ -229,14 +230,6 @@ pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
     // before the limit; the limit turns a bug into an error, not a hang.
     const MAX_SPLICES: usize = 10_000;
     for _ in 0..MAX_SPLICES {
-        let doc = document::parse(&current).map_err(|e| match e.line {
-            // A parse failure after our own splice is a bug in the editor.
-            _ if splices.is_empty() => EditError::Parse(e),
-            _ => EditError::Verify {
-                expected: Value::Str("valid YAML".into()),
-                actual: Value::Str(e.to_string()),
-            },
-        })?;
         let ctx = Context {
             text: &current,
             eol,
@@ -247,12 +240,11 @@ pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
             .enumerate()
             .find_map(|(i, edit)| ctx.next_splice(doc.root.as_ref(), edit).map(|s| (i, s)));
         let Some((edit_index, planned)) = next else {
-            let edited = Edited {
+            verify(&original, doc.to_value(), edits)?;
+            return Ok(Edited {
                 text: current,
                 changes,
-            };
-            verify(&original.to_value(), &edited.text, edits)?;
-            return Ok(edited);
+            });
         };
         let planned = planned?;
         let line = original_line(text, &splices, planned.parts.first().map_or(0, |p| p.start));
@@ -272,6 +264,11 @@ pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
             line,
             what: planned.what,
         });
+        // Our own splice must leave valid YAML; anything else is an editor bug.
+        doc = document::parse(&current).map_err(|e| EditError::Verify {
+            expected: Value::Str("valid YAML".into()),
+            actual: Value::Str(e.to_string()),
+        })?;
     }
     Err(EditError::Unsupported {
         line: 1,
@@ -279,15 +276,12 @@ pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
     })
 }
 
-fn verify(original: &Value, new_text: &str, edits: &[Edit]) -> Result<(), EditError> {
+/// The edited document must mean the intended change of the original, nothing else.
+fn verify(original: &Value, actual: Value, edits: &[Edit]) -> Result<(), EditError> {
     let mut expected = original.clone();
     for edit in edits {
         apply_to_value(&mut expected, edit);
     }
-    let actual = match document::parse(new_text) {
-        Ok(doc) => doc.to_value(),
-        Err(e) => Value::Str(format!("unparsable text ({e})")),
-    };
     if actual == expected {
         Ok(())
     } else {
