@@ -295,12 +295,10 @@ fn write(root: &Root, plan: &Plan, backup: bool) -> Result<Vec<report::Backup>> 
     for write in pending {
         let path = write.path().to_path_buf();
         let outcome = write.commit(backup.then_some(report::BACKUP_SUFFIX))?;
-        if backup {
-            let mut name = path.clone().into_os_string();
-            name.push(report::BACKUP_SUFFIX);
+        if let Some(backup) = outcome.backup {
             backups.push(report::Backup {
                 file: path,
-                backup: PathBuf::from(name),
+                backup,
                 existed: outcome.backup_existed,
             });
         }

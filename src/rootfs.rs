@@ -89,8 +89,8 @@ pub struct PendingWrite {
 /// What `commit` did about the backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitOutcome {
-    /// Root-relative path of the backup made by this commit; `None` when none was made (no suffix asked
-    /// for, the file is new, or a backup already existed).
+    /// Root-relative path of the backup: made by this commit, or (see `backup_existed`) already
+    /// there; `None` when no suffix was asked for or the file is new.
     pub backup: Option<PathBuf>,
     /// A file already had the backup name and was left alone: it holds an older original, which is the
     /// valuable one to keep.
@@ -902,7 +902,10 @@ impl PendingWrite {
                 AtFlags::empty(),
             ) {
                 Ok(()) => outcome.backup = Some(self.path.with_file_name(&backup)),
-                Err(Errno::EEXIST) => outcome.backup_existed = true,
+                Err(Errno::EEXIST) => {
+                    outcome.backup = Some(self.path.with_file_name(&backup));
+                    outcome.backup_existed = true;
+                }
                 Err(e) => return Err(self.err(kind_from_errno(e))),
             }
         }

@@ -600,7 +600,11 @@ fn backup_keeps_original_inode_and_existing_backup_is_left_alone() {
         .unwrap()
         .commit(Some(BAK))
         .unwrap();
-    assert_eq!(outcome.backup, None);
+    // The existing backup is named, and left alone.
+    assert_eq!(
+        outcome.backup.as_deref(),
+        Some(Path::new("etc/cloud/cloud.cfg.prepare-image.bak"))
+    );
     assert!(outcome.backup_existed);
     assert_eq!(fs::read(&bak).unwrap(), b"original\n");
     assert_eq!(fs::metadata(&bak).unwrap().ino(), original_ino);
