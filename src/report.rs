@@ -14,7 +14,6 @@ use serde_json::json;
 use similar::TextDiff;
 
 use crate::cli::Format;
-use crate::editor::Edit;
 use crate::effective::SettingState;
 use crate::image::open::ImageInfo;
 use crate::plan::Plan;
@@ -394,7 +393,7 @@ pub fn profiles(out: &mut dyn Write, catalogue: &[Profile], format: Format) -> R
         };
         writeln!(out, "{}: {}{source}", p.name, p.summary)?;
         for e in &p.edits {
-            writeln!(out, "  edit: {}", edit_text(&e.edit))?;
+            writeln!(out, "  edit: {}", e.edit)?;
             for w in &e.warnings {
                 writeln!(
                     out,
@@ -416,10 +415,6 @@ fn sorted_changes(file: &crate::plan::FilePlan) -> Vec<&crate::plan::PlannedChan
     let mut changes: Vec<_> = file.changes.iter().collect();
     changes.sort_by_key(|c| c.line);
     changes
-}
-
-fn edit_text(edit: &Edit) -> String {
-    edit.to_string()
 }
 
 fn condition_text(condition: &Condition) -> Option<String> {
