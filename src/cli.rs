@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::effective::{self, setting_state};
-use crate::image::interrupt;
-use crate::plan::{self, Plan};
-use crate::profile::{self, Profile};
+use crate::guest::cloudinit::effective::{self, setting_state};
+use crate::access::image::interrupt;
+use crate::guest::cloudinit::plan::{self, Plan};
+use crate::guest::cloudinit::profile::{self, Profile};
 use crate::report::{self, Mode, Style, TargetDescription};
-use crate::rootfs::Root;
-use crate::target::Target;
+use crate::access::root::Root;
+use crate::access::target::Target;
 
 /// Keep chosen settings of a cloud image through cloud-init's first boot.
 ///
@@ -82,7 +82,7 @@ pub struct OutputArgs {
     #[arg(long, value_enum, default_value_t = ColorWhen::Auto, global = true)]
     pub color: ColorWhen,
 
-    /// A user-defined profile in the format of the built-ins (see profiles/); repeatable.
+    /// A user-defined profile in the format of the built-ins (see profiles/linux/); repeatable.
     #[arg(long, value_name = "FILE", global = true)]
     pub profile_file: Vec<PathBuf>,
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use prepare_image::cli::{self, Cli, ColorWhen, Outcome, UsageError};
-use prepare_image::image::interrupt::Interrupted;
+use prepare_image::access::image::interrupt::Interrupted;
 use prepare_image::report::Style;
 
 /// Documented exit codes (README, "Exit codes").

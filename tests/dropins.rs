@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use prepare_image::document::{self, Value};
-use prepare_image::editor;
-use prepare_image::effective::{ConfigSet, setting_state};
-use prepare_image::plan::{self, Plan};
-use prepare_image::profile::{self, Profile};
+use prepare_image::guest::cloudinit::document::{self, Value};
+use prepare_image::guest::cloudinit::editor;
+use prepare_image::guest::cloudinit::effective::{ConfigSet, setting_state};
+use prepare_image::guest::cloudinit::plan::{self, Plan};
+use prepare_image::guest::cloudinit::profile::{self, Profile};
 
 const CLOUD_CFG: &str = "etc/cloud/cloud.cfg";
 const DROP_IN_DIR: &str = "etc/cloud/cloud.cfg.d";

@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use prepare_image::document::{self, Value};
-use prepare_image::editor::{self, EditError};
-use prepare_image::effective::{ConfigSet, setting_state};
-use prepare_image::plan::{self, Plan};
-use prepare_image::profile::{self, Profile};
+use prepare_image::guest::cloudinit::document::{self, Value};
+use prepare_image::guest::cloudinit::editor::{self, EditError};
+use prepare_image::guest::cloudinit::effective::{ConfigSet, setting_state};
+use prepare_image::guest::cloudinit::plan::{self, Plan};
+use prepare_image::guest::cloudinit::profile::{self, Profile};
 use similar::{ChangeTag, DiffOp, TextDiff};
 
 const CLOUD_CFG: &str = "etc/cloud/cloud.cfg";

@@ -11,8 +11,8 @@ use common_images::{
     LoopDevice, MIB, Mount, TestFs, copy_into, gpt_image_with, partition, path_str, poke, run,
     sha256, sparse_file,
 };
-use prepare_image::image::fstype::{FsKind, detect};
-use prepare_image::image::partition::{Layout, LayoutError, Partition, Table, read_layout};
+use prepare_image::access::image::fstype::{FsKind, detect};
+use prepare_image::access::image::partition::{Layout, LayoutError, Partition, Table, read_layout};
 use tempfile::TempDir;
 
 fn layout_of(image: &Path) -> Result<Layout, LayoutError> {

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use prepare_image::rootfs::{AccessErrorKind, DirEntry, Root};
+use prepare_image::access::root::{AccessErrorKind, DirEntry, Root};
 use tempfile::TempDir;
 
 mod common_guards;

@@ -9,9 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use prepare_image::effective::ConfigSet;
-use prepare_image::plan;
-use prepare_image::profile;
+use prepare_image::guest::cloudinit::effective::ConfigSet;
+use prepare_image::guest::cloudinit::plan;
+use prepare_image::guest::cloudinit::profile;
 use prepare_image::report::unified_diff;
 use serde_json::json;
 

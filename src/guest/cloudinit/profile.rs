@@ -1,24 +1,24 @@
 //! Keep profiles: named sets of cloud.cfg edits with the side effects each
-//! edit carries. The built-ins are the YAML files under `profiles/`, embedded
+//! edit carries. The built-ins are the YAML files under `profiles/linux/`, embedded
 //! at build time; users add their own in the same format (`--profile-file`).
 
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::document::{self, Node, NodeKind, Value};
-use crate::editor::Edit;
+use crate::guest::cloudinit::document::{self, Node, NodeKind, Value};
+use crate::guest::cloudinit::editor::Edit;
 
 /// The built-in profiles, in the order `profiles` lists them and `all` keeps them.
 const BUILT_IN: &[(&str, &str)] = &[
-    ("hostname.yaml", include_str!("../profiles/hostname.yaml")),
-    ("hosts.yaml", include_str!("../profiles/hosts.yaml")),
-    ("dns.yaml", include_str!("../profiles/dns.yaml")),
-    ("repos.yaml", include_str!("../profiles/repos.yaml")),
-    ("ntp.yaml", include_str!("../profiles/ntp.yaml")),
-    ("passwords.yaml", include_str!("../profiles/passwords.yaml")),
-    ("keys.yaml", include_str!("../profiles/keys.yaml")),
-    ("network.yaml", include_str!("../profiles/network.yaml")),
+    ("hostname.yaml", include_str!("../../../profiles/linux/hostname.yaml")),
+    ("hosts.yaml", include_str!("../../../profiles/linux/hosts.yaml")),
+    ("dns.yaml", include_str!("../../../profiles/linux/dns.yaml")),
+    ("repos.yaml", include_str!("../../../profiles/linux/repos.yaml")),
+    ("ntp.yaml", include_str!("../../../profiles/linux/ntp.yaml")),
+    ("passwords.yaml", include_str!("../../../profiles/linux/passwords.yaml")),
+    ("keys.yaml", include_str!("../../../profiles/linux/keys.yaml")),
+    ("network.yaml", include_str!("../../../profiles/linux/network.yaml")),
 ];
 
 /// `--keep all` means every built-in profile.
@@ -65,7 +65,7 @@ pub fn built_in() -> Vec<Profile> {
         .iter()
         .map(|(file, text)| {
             parse_profile(text, "built-in")
-                .with_context(|| format!("built-in profile profiles/{file}"))
+                .with_context(|| format!("built-in profile profiles/linux/{file}"))
                 // The built-ins are checked by the test suite; a broken one is a
                 // build defect, never user input.
                 .expect("built-in profiles are valid")
@@ -184,7 +184,7 @@ pub fn select<'a>(
 fn parse_profile(text: &str, source: &str) -> Result<Profile> {
     let doc = document::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let Some(root) = doc.root else {
-        bail!("the file is empty; see profiles/ for the format")
+        bail!("the file is empty; see profiles/linux/ for the format")
     };
     let p = Fields::new(&root, &["name", "summary", "edits", "warnings"])?;
     let name = p.string("name")?;

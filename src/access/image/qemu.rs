@@ -131,7 +131,7 @@ impl RawView {
                     EXPORT_TIMEOUT
                 );
             }
-            crate::image::interrupt::check()?;
+            crate::access::image::interrupt::check()?;
             std::thread::sleep(POLL);
         }
     }

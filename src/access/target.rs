@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::image::open::{ImageInfo, OpenedImage};
-use crate::rootfs::Root;
+use crate::access::image::open::{ImageInfo, OpenedImage};
+use crate::access::root::Root;
 
 #[derive(Debug)]
 pub enum Target {
@@ -38,7 +38,7 @@ impl Target {
             return Ok(Target::Directory(Root::open(path)?));
         }
         if meta.is_file() {
-            let image = crate::image::open::open(path, writable, partition)?;
+            let image = crate::access::image::open::open(path, writable, partition)?;
             return Ok(Target::Image(Box::new(image)));
         }
         bail!(

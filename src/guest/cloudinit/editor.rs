@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use crate::document::{self, Node, NodeKind, ParseError, Style, Value};
+use crate::guest::cloudinit::document::{self, Node, NodeKind, ParseError, Style, Value};
 
 /// One edit to a cloud.cfg document.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,9 +19,9 @@ use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::editor::{self, Edit};
-use crate::effective::{ConfigSet, SettingState, setting_state};
-use crate::profile::{Condition, Profile, Warning};
+use crate::guest::cloudinit::editor::{self, Edit};
+use crate::guest::cloudinit::effective::{ConfigSet, SettingState, setting_state};
+use crate::guest::cloudinit::profile::{Condition, Profile, Warning};
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -290,7 +290,7 @@ fn duplicate_key_warnings(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Warning> {
     let mut warnings = Vec::new();
     for file in &set.files {
         let Some(root) = &file.doc.root else { continue };
-        let crate::document::NodeKind::Map { entries, .. } = &root.kind else {
+        let crate::guest::cloudinit::document::NodeKind::Map { entries, .. } = &root.kind else {
             continue;
         };
         let mut seen: Vec<&str> = Vec::new();
@@ -329,7 +329,7 @@ fn duplicate_key_warnings(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Warning> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile;
+    use crate::guest::cloudinit::profile;
 
     fn set(files: &[(&str, &str)]) -> ConfigSet {
         ConfigSet::from_texts(

@@ -1,0 +1,7 @@
+//! How the guest's bytes are reached: a directory, `/`, or an image file
+//! (format, partition table, filesystem, loop device and mount), and the
+//! confined path walk inside that root.
+
+pub mod image;
+pub mod root;
+pub mod target;

@@ -1,0 +1,9 @@
+//! cloud-init: its YAML (read as PyYAML `safe_load` reads it), the effective
+//! configuration across `cloud.cfg.d`, the lossless editor, the planner and
+//! the keep profiles.
+
+pub mod document;
+pub mod editor;
+pub mod effective;
+pub mod plan;
+pub mod profile;
