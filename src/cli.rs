@@ -4,16 +4,18 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::guest::cloudinit::effective::{self, setting_state};
+use crate::access::commit;
 use crate::access::image::interrupt;
+use crate::access::lock::{self, LockMode, RootLock};
+use crate::access::root::Root;
+use crate::access::target::Target;
+use crate::guest::cloudinit::effective::{self, setting_state};
 use crate::guest::cloudinit::plan::{self, Plan};
 use crate::guest::cloudinit::profile::{self, Profile};
 use crate::report::{self, Mode, Style, TargetDescription};
-use crate::access::root::Root;
-use crate::access::target::Target;
 
 /// Keep chosen settings of a cloud image through cloud-init's first boot.
 ///
@@ -28,7 +30,7 @@ use crate::access::target::Target;
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Exit codes: 0 done or nothing to do (--dry-run: always 0), 1 error, 2 usage error, 3 changes pending (--check), 128+N stopped by signal N."
+    after_help = "Exit codes: 0 done or nothing to do (--dry-run: planned), 1 error, nothing written (also for --dry-run and --check), 2 usage error, 3 a setting is overwritten (--check), 4 the files were written but the report failed, 128+N stopped by signal N."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -52,14 +54,20 @@ pub struct KeepArgs {
     #[arg(short = 'n', long, conflicts_with = "check")]
     pub dry_run: bool,
 
-    /// Change nothing; print the pending diff; exit 3 if changes are pending,
-    /// 0 if every setting is already kept.
+    /// Change nothing; print the pending diff; exit 3 if a setting is
+    /// overwritten at first boot, 0 if every setting is already kept.
     #[arg(long)]
     pub check: bool,
 
     /// Keep each original as NAME.prepare-image.bak (a name cloud-init never reads).
     #[arg(long, conflicts_with_all = ["dry_run", "check"])]
     pub backup: bool,
+
+    /// Replace a file that has other hard links. The new file gets a new
+    /// inode, so the other names keep the old contents; without this flag
+    /// such a file is refused.
+    #[arg(long, conflicts_with_all = ["dry_run", "check"])]
+    pub break_hard_links: bool,
 
     /// The image's root: a directory (a mounted image, a chroot, / for the
     /// live system) or an image file (raw, qcow2, vmdk, vhd, vhdx).
@@ -146,6 +154,19 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// A failure after the files were written (exit 4): the message names the
+/// files, so nobody takes it for "nothing was written".
+#[derive(Debug)]
+pub struct AfterWrite(pub String);
+
+impl std::fmt::Display for AfterWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AfterWrite {}
+
 /// Runs the command. Text for people goes to `err` (stderr), the diff and
 /// machine-readable output to `out` (stdout).
 pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) -> Result<Outcome> {
@@ -230,31 +251,39 @@ fn keep(
         mode == Mode::Apply && !is_image,
         args.partition,
     )?;
-    let (target, plan) = match plan_on(&first, &selected) {
+    let lock_mode = if mode == Mode::Apply {
+        LockMode::Exclusive
+    } else {
+        LockMode::Shared
+    };
+    let (target, (lock, plan)) = match plan_on(&first, &selected, lock_mode) {
         Err(e) => return finish(first, Err(e)),
-        Ok(plan) if mode == Mode::Apply && is_image && plan.pending() => {
+        Ok((lock, plan)) if mode == Mode::Apply && is_image && plan.pending() => {
             // The same partition again, now writable; plan again on what is
             // really there (nothing may have changed, but we do not assume).
+            drop(lock);
             let partition = first.image().map(|i| i.partition).or(args.partition);
             first.close()?;
             let target = Target::open(&args.target, true, partition)?;
-            match plan_on(&target, &selected) {
-                Ok(plan) => (target, plan),
+            match plan_on(&target, &selected, lock_mode) {
+                Ok(planned) => (target, planned),
                 Err(e) => return finish(target, Err(e)),
             }
         }
-        Ok(plan) => (first, plan),
+        Ok(planned) => (first, planned),
     };
     let result = (|| {
         interrupt::check()?;
-        let backups = if mode == Mode::Apply && plan.pending() {
-            write(target.root(), &plan, args.backup)?
+        let written = mode == Mode::Apply && plan.pending();
+        let backups = if written {
+            write(target.root(), &plan, args.backup, args.break_hard_links)?
         } else {
             Vec::new()
         };
+        drop(lock);
         // From here on the files are written; a signal only shortens cleanup.
         let _ = interrupt::pause_point("written");
-        report::keep(
+        let reported = report::keep(
             out,
             err,
             &describe(&target),
@@ -264,8 +293,21 @@ fn keep(
             &backups,
             cli.output.format,
             style,
-        )?;
-        Ok(if mode == Mode::Check && plan.pending() {
+        );
+        match reported {
+            Err(e) if written && !is_broken_pipe(&e) => {
+                return Err(anyhow!(AfterWrite(format!(
+                    "{e:#}; the files WERE written: {}",
+                    changed_paths(&plan)
+                ))));
+            }
+            reported => reported?,
+        }
+        // --check answers "does every setting hold?": a change that only
+        // tidies up (an entry in a module list cloud-init does not use) is
+        // shown, but is not pending work.
+        let overwritten = plan.before.iter().any(|s| !s.kept);
+        Ok(if mode == Mode::Check && overwritten {
             Outcome::Pending
         } else {
             Outcome::Success
@@ -274,36 +316,85 @@ fn keep(
     finish(target, result)
 }
 
-/// Reads the configuration in the target and plans the keep.
-fn plan_on(target: &Target, selected: &[&Profile]) -> Result<Plan> {
+fn changed_paths(plan: &Plan) -> String {
+    plan.files
+        .iter()
+        .filter(|f| f.changed())
+        .map(|f| f.path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Locks the root, reads the configuration in the target and plans the
+/// keep; the lock is held until the plan is written (or not).
+fn plan_on(target: &Target, selected: &[&Profile], mode: LockMode) -> Result<(RootLock, Plan)> {
     interrupt::pause_point("mounted")?;
+    let lock = lock::lock(target.root(), mode)?;
+    interrupt::pause_point("locked")?;
     let set = effective::load(target.root())?;
     let plan = plan::plan(&set, selected)?;
     interrupt::check()?;
-    Ok(plan)
+    Ok((lock, plan))
 }
 
-/// Writes every changed file: all temp files are prepared first, so a failure
-/// (read-only, full, permission) leaves every file as it was; then each is
-/// renamed into place.
-fn write(root: &Root, plan: &Plan, backup: bool) -> Result<Vec<report::Backup>> {
+/// Writes every changed file, all or none: every temp file is prepared
+/// first, then `commit_all` checks every rename and backup before the first
+/// and puts back what was replaced if a later one still fails.
+fn write(
+    root: &Root,
+    plan: &Plan,
+    backup: bool,
+    break_hard_links: bool,
+) -> Result<Vec<report::Backup>> {
     let mut pending = Vec::new();
     for file in plan.files.iter().filter(|f| f.changed()) {
-        pending.push(root.prepare_write(&file.path, file.new_text.as_bytes())?);
-    }
-    let mut backups = Vec::new();
-    for write in pending {
-        let path = write.path().to_path_buf();
-        let outcome = write.commit(backup.then_some(report::BACKUP_SUFFIX))?;
-        if let Some(backup) = outcome.backup {
-            backups.push(report::Backup {
-                file: path,
-                backup,
-                existed: outcome.backup_existed,
-            });
+        let write = root
+            .prepare_write(&file.path, file.new_text.as_bytes())?
+            .expecting(file.old_text.as_bytes());
+        let links = write.original_links();
+        if links > 1 && !break_hard_links {
+            bail!(
+                "{} has {links} hard links: replacing it (a new file renamed into place) would leave \
+                 the other {} name(s) with the old contents; remove the other links, or pass \
+                 --break-hard-links; nothing was written",
+                root.path().join(write.path()).display(),
+                links - 1
+            );
         }
+        pending.push(write);
     }
-    Ok(backups)
+    let paths: Vec<_> = pending.iter().map(|w| w.path().to_path_buf()).collect();
+    let outcomes = commit::commit_all(pending, backup.then_some(report::BACKUP_SUFFIX)).map_err(
+        |e| match e.nothing_written() {
+            true => anyhow!(e),
+            false => anyhow!(AfterWrite(e.to_string())),
+        },
+    )?;
+    Ok(paths
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|(file, outcome)| {
+            Some(report::Backup {
+                file,
+                backup: outcome.backup?,
+                existed: outcome.backup_existed,
+            })
+        })
+        .collect())
+}
+/// A closed pipe (`prepare-image ... | head`) is the reader's choice, not an error.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        // JSON output is written through serde_json, which wraps the io::Error in its own type.
+        let kind = c
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| {
+                c.downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            });
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 #[cfg(test)]

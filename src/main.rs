@@ -1,59 +1,54 @@
 //! The `prepare-image` command: parse arguments, run, print, exit.
 //! Everything else lives in the library.
 
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
-use prepare_image::cli::{self, Cli, ColorWhen, Outcome, UsageError};
 use prepare_image::access::image::interrupt::Interrupted;
-use prepare_image::report::Style;
+use prepare_image::cli::{self, AfterWrite, Cli, ColorWhen, Outcome, UsageError};
+use prepare_image::report::{NamedStream, Style};
 
 /// Documented exit codes (README, "Exit codes").
 const EXIT_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_PENDING: u8 = 3;
+/// The files were written, but what came after failed (the report, e.g. on
+/// a full stdout): the message names the files.
+const EXIT_AFTER_WRITE: u8 = 4;
 /// Stopped by signal N: 128 + N, as shells report it.
 const EXIT_SIGNAL_BASE: u8 = 128;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let style = color_style(cli.output.color);
-    let mut out = io::stdout().lock();
-    let mut err = io::stderr().lock();
+    let mut out = NamedStream::new("stdout", io::stdout().lock());
+    let mut err = NamedStream::new("stderr", io::stderr().lock());
     match cli::run(&cli, &mut out, &mut err, style) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Pending) => ExitCode::from(EXIT_PENDING),
         // A closed pipe (`prepare-image ... | head`) is the reader's choice, not an error.
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
-            eprintln!("error: {e:#}");
+            say(&format!("error: {e:#}"));
             let signal = e.downcast_ref::<Interrupted>().map_or(0, |i| i.0);
             ExitCode::from(EXIT_SIGNAL_BASE.saturating_add(signal as u8))
         }
+        Err(e) if e.downcast_ref::<AfterWrite>().is_some() => {
+            say(&format!("error: {e:#}"));
+            ExitCode::from(EXIT_AFTER_WRITE)
+        }
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
-            eprintln!("error: {e:#}\n\nFor more information, try '--help'.");
+            say(&format!(
+                "error: {e:#}\n\nFor more information, try '--help'."
+            ));
             ExitCode::from(EXIT_USAGE)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say(&format!("error: {e:#}"));
             ExitCode::from(EXIT_ERROR)
         }
     }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        // JSON output is written through serde_json, which wraps the io::Error in its own type.
-        let kind = c
-            .downcast_ref::<io::Error>()
-            .map(io::Error::kind)
-            .or_else(|| {
-                c.downcast_ref::<serde_json::Error>()
-                    .and_then(serde_json::Error::io_error_kind)
-            });
-        kind == Some(io::ErrorKind::BrokenPipe)
-    })
 }
 
 /// `--color auto` colors a stream only when it is a terminal and NO_COLOR is
@@ -72,4 +67,10 @@ fn color_style(when: ColorWhen) -> Style {
             color_stderr: auto(io::stderr().is_terminal()),
         },
     }
+}
+
+/// The last word on stderr; if stderr itself fails there is no one left to
+/// tell, and the exit code still says what happened (eprintln! would panic).
+fn say(message: &str) {
+    let _ = writeln!(io::stderr(), "{message}");
 }

@@ -13,9 +13,9 @@ use anyhow::Result;
 use serde_json::json;
 use similar::TextDiff;
 
+use crate::access::image::open::ImageInfo;
 use crate::cli::Format;
 use crate::guest::cloudinit::effective::SettingState;
-use crate::access::image::open::ImageInfo;
 use crate::guest::cloudinit::plan::Plan;
 use crate::guest::cloudinit::profile::{Condition, Profile};
 
@@ -42,6 +42,57 @@ impl Mode {
         }
     }
 }
+
+/// A standard stream whose write errors say which stream failed ("cannot
+/// write to stdout: No space left on device"), so that a full or closed
+/// stdout is not mistaken for a failure to write the image's files. The
+/// error keeps its kind (a closed pipe is still recognised).
+pub struct NamedStream<W> {
+    name: &'static str,
+    inner: W,
+}
+
+impl<W: Write> NamedStream<W> {
+    pub fn new(name: &'static str, inner: W) -> NamedStream<W> {
+        NamedStream { name, inner }
+    }
+
+    fn label(&self, e: std::io::Error) -> std::io::Error {
+        std::io::Error::new(
+            e.kind(),
+            StreamError {
+                stream: self.name,
+                message: e.to_string(),
+            },
+        )
+    }
+}
+
+impl<W: Write> Write for NamedStream<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).map_err(|e| self.label(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().map_err(|e| self.label(e))
+    }
+}
+
+/// The error of a [`NamedStream`]; it carries the OS error's text itself
+/// (and no `source`), so a printed chain names the error once.
+#[derive(Debug)]
+struct StreamError {
+    stream: &'static str,
+    message: String,
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write to {}: {}", self.stream, self.message)
+    }
+}
+
+impl std::error::Error for StreamError {}
 
 /// Whether each stream gets color.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -183,7 +234,8 @@ pub fn keep(
     style: Style,
 ) -> Result<()> {
     let names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
-    let changed: Vec<&crate::guest::cloudinit::plan::FilePlan> = plan.files.iter().filter(|f| f.changed()).collect();
+    let changed: Vec<&crate::guest::cloudinit::plan::FilePlan> =
+        plan.files.iter().filter(|f| f.changed()).collect();
     let change_count: usize = changed.iter().map(|f| f.changes.len()).sum();
     let root_display = target.path.display();
     let print_warnings = |err: &mut dyn Write| -> Result<()> {
@@ -302,15 +354,20 @@ pub fn keep(
                 .filter(|s| !s.kept)
                 .map(|s| s.setting.as_str())
                 .collect();
-            let what = if not_kept.is_empty() {
-                "cleanup".to_string()
+            if not_kept.is_empty() {
+                format!(
+                    "check: {kept}: already kept in {root_display}; {change_count} optional change(s) \
+                     in {} would only tidy up (not needed to keep them)",
+                    files.join(", ")
+                )
             } else {
-                format!("overwritten at first boot: {}", not_kept.join(", "))
-            };
-            format!(
-                "check: {change_count} change(s) pending in {} in {root_display} ({what})",
-                files.join(", ")
-            )
+                format!(
+                    "check: {change_count} change(s) pending in {} in {root_display} (overwritten at \
+                     first boot: {})",
+                    files.join(", "),
+                    not_kept.join(", ")
+                )
+            }
         }
     };
     writeln!(err, "{summary}")?;
@@ -411,7 +468,9 @@ pub fn profiles(out: &mut dyn Write, catalogue: &[Profile], format: Format) -> R
 }
 
 /// A file's changes in line order (the plan lists them in profile order).
-fn sorted_changes(file: &crate::guest::cloudinit::plan::FilePlan) -> Vec<&crate::guest::cloudinit::plan::PlannedChange> {
+fn sorted_changes(
+    file: &crate::guest::cloudinit::plan::FilePlan,
+) -> Vec<&crate::guest::cloudinit::plan::PlannedChange> {
     let mut changes: Vec<_> = file.changes.iter().collect();
     changes.sort_by_key(|c| c.line);
     changes

@@ -1598,8 +1598,8 @@ fn error_permission_denied_on_an_immutable_directory() {
     ] {
         img.run(args).one_error(&[
             &format!("cannot write {file}"),
-            "permission denied",
-            "lsattr",
+            "its directory has the immutable attribute",
+            "chattr -i",
         ]);
     }
     img.run(&["--keep", "all", "--dry-run"]).code(0);
@@ -1618,7 +1618,8 @@ fn error_permission_denied_on_an_immutable_file() {
     for args in [&["--keep", "ntp"][..], &["--keep", "ntp", "--backup"][..]] {
         img.run(args).one_error(&[
             &format!("cannot write {}", cfg_path(&img)),
-            "permission denied",
+            "immutable attribute",
+            "chattr -i",
         ]);
         assert_eq!(contents(&img.snapshot()), contents(&before));
     }

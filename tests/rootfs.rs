@@ -738,7 +738,7 @@ fn read_only_filesystem_is_reported_with_path() {
 }
 
 #[test]
-fn immutable_directory_gives_permission_denied() {
+fn immutable_directory_is_named_before_a_temp_file_is_made() {
     let (dir, root) = image();
     let d = dir.path().join("etc/cloud");
     fs::write(d.join("cloud.cfg"), b"orig\n").unwrap();
@@ -746,17 +746,20 @@ fn immutable_directory_gives_permission_denied() {
     let e = root
         .prepare_write(p("etc/cloud/cloud.cfg"), b"x")
         .unwrap_err();
-    assert!(matches!(e.kind(), AccessErrorKind::PermissionDenied), "{e}");
+    assert!(
+        matches!(e.kind(), AccessErrorKind::CannotReplace { .. }),
+        "{e}"
+    );
     let msg = e.to_string();
     assert!(
         msg.starts_with(&format!(
-            "cannot write {}: permission denied (",
+            "cannot write {}: its directory has the immutable attribute",
             d.join("cloud.cfg").display()
         )),
         "{msg}"
     );
-    // As root, "run as root" would be useless advice.
-    assert!(msg.contains("lsattr"), "{msg}");
+    // As root, "run as root" would be useless advice: the attribute is named with its remedy.
+    assert!(msg.contains("chattr -i"), "{msg}");
 }
 
 #[test]
@@ -767,7 +770,11 @@ fn immutable_file_fails_at_commit_and_cleans_up() {
     let imm = Immutable::set(&d.join("cloud.cfg"));
     let pending = root.prepare_write(p("etc/cloud/cloud.cfg"), b"x").unwrap();
     let e = pending.commit(None).unwrap_err();
-    assert!(matches!(e.kind(), AccessErrorKind::PermissionDenied), "{e}");
+    assert!(e.nothing_written(), "{e}");
+    assert!(
+        matches!(e.access_error().kind(), AccessErrorKind::CannotReplace { why } if why.contains("immutable")),
+        "{e}"
+    );
     drop(imm);
     assert_eq!(names_in(&d), vec![OsString::from("cloud.cfg")]);
     assert_eq!(fs::read(d.join("cloud.cfg")).unwrap(), b"orig\n");

@@ -2,6 +2,8 @@
 //! (format, partition table, filesystem, loop device and mount), and the
 //! confined path walk inside that root.
 
+pub mod commit;
 pub mod image;
+pub mod lock;
 pub mod root;
 pub mod target;

@@ -26,17 +26,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::anyhow;
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, readlinkat, renameat};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, linkat, unlinkat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 use xattr::FileExt;
+
+pub use crate::access::commit::CommitError;
 
 /// The kernel's own limit (MAXSYMLINKS); matching it means we accept exactly the trees the image's
 /// own boot would accept.
 const MAX_SYMLINK_HOPS: u32 = 40;
 
 /// Longest file name most Linux file systems accept (NAME_MAX).
-const NAME_MAX: usize = 255;
+pub(super) const NAME_MAX: usize = 255;
 
 /// Mode of files we create from nothing: what a package would install cloud.cfg with.
 const NEW_FILE_MODE: u32 = 0o644;
@@ -72,18 +74,30 @@ pub struct DirEntry {
 
 /// A fully written, fsynced temporary file waiting to replace its target. Split from the rename so the
 /// caller can decide (e.g. after showing a diff) whether to go ahead; dropping it removes the temp file.
+/// `access::commit` renames a set of them into place, all or none.
 #[derive(Debug)]
 pub struct PendingWrite {
     /// The target's directory, opened for reading so it can be fsynced after the rename.
-    dir: OwnedFd,
+    pub(super) dir: OwnedFd,
     /// `Some` until the temp file has been renamed into place; `Drop` unlinks it otherwise.
-    temp: Option<OsString>,
-    name: OsString,
-    path: PathBuf,
-    original_existed: bool,
+    pub(super) temp: Option<OsString>,
+    pub(super) name: OsString,
+    pub(super) path: PathBuf,
+    /// The file being replaced as it was when the temp file was prepared; `None` for a new file.
+    pub(super) original: Option<Original>,
+    /// The bytes the caller planned on (see `expecting`): the commit refuses to replace anything else.
+    pub(super) expected: Option<Vec<u8>>,
     /// For error messages: the root as the user gave it, and the path the caller asked for.
-    root_display: PathBuf,
-    requested: PathBuf,
+    pub(super) root_display: PathBuf,
+    pub(super) requested: PathBuf,
+}
+
+/// Identity of a file about to be replaced: whatever holds its name at commit time must be this inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Original {
+    pub(super) dev: u64,
+    pub(super) ino: u64,
+    pub(super) links: u64,
 }
 
 /// What `commit` did about the backup.
@@ -115,6 +129,12 @@ pub enum AccessErrorKind {
     NoSpace,
     /// More than 40 symlinks had to be followed: almost always a loop.
     TooManyLinks,
+    /// Replacing the file cannot work, found before anything was renamed; `why` says what to do.
+    CannotReplace {
+        why: String,
+    },
+    /// The file no longer holds what the plan was made on: another program changed it meanwhile.
+    ChangedMeanwhile,
     Other(io::Error),
 }
 
@@ -206,6 +226,12 @@ impl fmt::Display for AccessError {
                 f,
                 "cannot {op} {path}{via}: too many levels of symbolic links (fix the symlink loop)"
             ),
+            AccessErrorKind::CannotReplace { why } => write!(f, "cannot {op} {path}{via}: {why}"),
+            AccessErrorKind::ChangedMeanwhile => write!(
+                f,
+                "cannot {op} {path}{via}: it changed while prepare-image was running (another program \
+                 edited it); run again"
+            ),
             AccessErrorKind::Other(e) => write!(f, "cannot {op} {path}{via}: {e}"),
         }
     }
@@ -220,7 +246,7 @@ impl std::error::Error for AccessError {
     }
 }
 
-fn kind_from_errno(e: Errno) -> AccessErrorKind {
+pub(super) fn kind_from_errno(e: Errno) -> AccessErrorKind {
     match e {
         Errno::ENOENT => AccessErrorKind::NotFound,
         Errno::EACCES | Errno::EPERM => AccessErrorKind::PermissionDenied,
@@ -378,7 +404,7 @@ fn file_type_name(st: &FileStat) -> &'static str {
     }
 }
 
-fn is_type(st: &FileStat, t: SFlag) -> bool {
+pub(super) fn is_type(st: &FileStat, t: SFlag) -> bool {
     st.st_mode & SFlag::S_IFMT.bits() == t.bits()
 }
 
@@ -428,7 +454,10 @@ impl Resolved {
 
 /// A file opened for reading after checking (through an O_PATH descriptor, which never triggers a device's
 /// or FIFO's open) that it is a regular file.
-fn open_regular(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(File, FileStat), AccessErrorKind> {
+pub(super) fn open_regular(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+) -> Result<(File, FileStat), AccessErrorKind> {
     let probe = open_in(
         parent,
         name,
@@ -703,6 +732,31 @@ impl Root {
         Ok(Some(entries))
     }
 
+    /// Opens the directory `rel` (links followed inside the root) for reading, e.g. to lock it;
+    /// `Ok(None)` when it does not exist. Also returns its root-relative path.
+    pub fn open_dir(&self, rel: &Path) -> Result<Option<(OwnedFd, PathBuf)>, AccessError> {
+        let mut ctx = Ctx::new(self, Op::Read, rel);
+        let r = match self.walk(rel) {
+            Ok(r) if r.exists => r,
+            Ok(_) | Err(AccessErrorKind::NotFound) => return Ok(None),
+            Err(k) => return Err(ctx.err(k)),
+        };
+        let path = r.rel_path();
+        ctx.resolved_to(&path);
+        let (parent, name) = match r.name.as_deref() {
+            None => (self.fd.as_fd(), OsStr::new(".")),
+            Some(name) => (r.parent(self), name),
+        };
+        let fd = open_in(
+            parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| ctx.err(kind_from_errno(e)))?;
+        Ok(Some((fd, path)))
+    }
+
     /// Whether `rel` exists (following symlinks inside the root); used to name where we looked.
     pub fn exists(&self, rel: &Path) -> bool {
         self.walk(rel).is_ok_and(|r| r.exists)
@@ -738,6 +792,12 @@ impl Root {
             Mode::empty(),
         )
         .map_err(|e| ctx.err(kind_from_errno(e)))?;
+        // An append-only directory would take the temp file but never let it (or the original) go:
+        // refuse before creating anything.
+        let dir_flags = crate::access::commit::file_flags(dir.as_fd());
+        if let Some(why) = crate::access::commit::attribute_problem(dir_flags, "its directory") {
+            return Err(ctx.err(AccessErrorKind::CannotReplace { why }));
+        }
         let (temp, file) = create_temp(dir.as_fd(), &name).map_err(|k| ctx.err(k))?;
         // From here on an early return drops `pending`, which unlinks the temp file.
         let pending = PendingWrite {
@@ -745,7 +805,12 @@ impl Root {
             temp: Some(temp),
             name,
             path,
-            original_existed: original.is_some(),
+            original: original.as_ref().map(|(_, st)| Original {
+                dev: st.st_dev,
+                ino: st.st_ino,
+                links: st.st_nlink,
+            }),
+            expected: None,
             root_display: self.path.clone(),
             requested: ctx.requested.clone(),
         };
@@ -754,7 +819,7 @@ impl Root {
     }
 }
 
-fn temp_name(final_name: &OsStr) -> OsString {
+pub(super) fn temp_name(final_name: &OsStr) -> OsString {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -862,7 +927,20 @@ impl PendingWrite {
         &self.path
     }
 
-    fn err(&self, kind: AccessErrorKind) -> AccessError {
+    /// How many names the file being replaced has (0 for a new file). Replacing a file by rename gives
+    /// the name a new inode: the file's other hard links keep the old contents.
+    pub fn original_links(&self) -> u64 {
+        self.original.map_or(0, |o| o.links)
+    }
+
+    /// The bytes the plan was made on: the commit replaces the file only while it still holds exactly
+    /// these (another program may have edited it in the meantime).
+    pub fn expecting(mut self, bytes: &[u8]) -> PendingWrite {
+        self.expected = Some(bytes.to_vec());
+        self
+    }
+
+    pub(super) fn err(&self, kind: AccessErrorKind) -> AccessError {
         AccessError {
             op: Op::Write,
             path: self.root_display.join(&self.requested),
@@ -871,55 +949,13 @@ impl PendingWrite {
         }
     }
 
-    /// Second phase: optionally keeps the original as NAME+suffix (a hard link, so the backup is the
-    /// original inode with all its metadata, at no copying cost), then renames the temp file over the
-    /// target and fsyncs the directory so both survive a crash. An existing backup is never overwritten:
-    /// after repeated runs the oldest original is the one worth keeping.
-    pub fn commit(mut self, backup_suffix: Option<&str>) -> Result<CommitOutcome, AccessError> {
-        let mut outcome = CommitOutcome {
+    /// Commits this one write (see `access::commit::commit_all`).
+    pub fn commit(self, backup_suffix: Option<&str>) -> Result<CommitOutcome, CommitError> {
+        let mut outcomes = crate::access::commit::commit_all(vec![self], backup_suffix)?;
+        Ok(outcomes.pop().unwrap_or(CommitOutcome {
             backup: None,
             backup_existed: false,
-        };
-        let Some(temp) = self.temp.clone() else {
-            return Err(self.err(AccessErrorKind::Other(io::Error::other(
-                "the temporary file is gone",
-            ))));
-        };
-        if let Some(suffix) = backup_suffix.filter(|_| self.original_existed) {
-            if suffix.is_empty() || suffix.contains('/') {
-                return Err(self.err(AccessErrorKind::Other(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("invalid backup suffix {suffix:?}"),
-                ))));
-            }
-            let mut backup = self.name.clone();
-            backup.push(suffix);
-            match linkat(
-                &self.dir,
-                self.name.as_os_str(),
-                &self.dir,
-                backup.as_os_str(),
-                AtFlags::empty(),
-            ) {
-                Ok(()) => outcome.backup = Some(self.path.with_file_name(&backup)),
-                Err(Errno::EEXIST) => {
-                    outcome.backup = Some(self.path.with_file_name(&backup));
-                    outcome.backup_existed = true;
-                }
-                Err(e) => return Err(self.err(kind_from_errno(e))),
-            }
-        }
-        renameat(
-            &self.dir,
-            temp.as_os_str(),
-            &self.dir,
-            self.name.as_os_str(),
-        )
-        .map_err(|e| self.err(kind_from_errno(e)))?;
-        // Renamed into place: nothing left for Drop to clean up.
-        self.temp = None;
-        fsync(&self.dir).map_err(|e| self.err(kind_from_errno(e)))?;
-        Ok(outcome)
+        }))
     }
 }
 

@@ -64,3 +64,29 @@ impl Drop for Immutable {
         let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
     }
 }
+
+/// `chattr +a` (append-only) on a path, undone on drop.
+pub struct AppendOnly(PathBuf);
+
+impl AppendOnly {
+    pub fn set(path: &Path) -> AppendOnly {
+        let out = Command::new("chattr")
+            .arg("+a")
+            .arg(path)
+            .output()
+            .expect("chattr (e2fsprogs) must be installed");
+        assert!(
+            out.status.success(),
+            "chattr +a {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        AppendOnly(path.to_path_buf())
+    }
+}
+
+impl Drop for AppendOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-a").arg(&self.0).status();
+    }
+}
