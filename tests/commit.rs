@@ -323,19 +323,23 @@ fn a_hard_linked_cloud_cfg_is_refused_unless_allowed() {
     );
 }
 
-#[test]
-fn a_full_stdout_after_writing_says_the_files_were_written() {
-    let dir = two_file_root();
+fn run_into_full_stdout(args: &[&str], root: &Path) -> std::process::Output {
     let full = fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let out = StdCommand::new(assert_cmd::cargo::cargo_bin("prepare-image"))
-        .args(["--keep", "all"])
-        .arg(dir.path())
+    StdCommand::new(assert_cmd::cargo::cargo_bin("prepare-image"))
+        .args(args)
+        .arg(root)
         .stdout(Stdio::from(full))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_full_stdout_after_writing_says_the_files_were_written() {
+    let dir = two_file_root();
+    let out = run_into_full_stdout(&["--keep", "all"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
@@ -353,16 +357,7 @@ fn a_full_stdout_after_writing_says_the_files_were_written() {
     // A dry run wrote nothing: a full stdout is an ordinary error (1).
     let dir = two_file_root();
     let before = tree(dir.path());
-    let full = fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let out = StdCommand::new(assert_cmd::cargo::cargo_bin("prepare-image"))
-        .args(["--keep", "all", "--dry-run"])
-        .arg(dir.path())
-        .stdout(Stdio::from(full))
-        .output()
-        .unwrap();
+    let out = run_into_full_stdout(&["--keep", "all", "--dry-run"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

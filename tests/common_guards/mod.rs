@@ -38,55 +38,56 @@ impl Drop for Tmpfs {
     }
 }
 
-/// `chattr +i` on a path, undone on drop.
-pub struct Immutable(PathBuf);
+/// A file attribute set with `chattr +LETTER`, removed again on drop.
+struct Attribute {
+    path: PathBuf,
+    letter: char,
+}
 
-impl Immutable {
-    pub fn set(path: &Path) -> Immutable {
+impl Attribute {
+    fn set(path: &Path, letter: char) -> Attribute {
         let out = Command::new("chattr")
-            .arg("+i")
+            .arg(format!("+{letter}"))
             .arg(path)
             .output()
             .expect("chattr (e2fsprogs) must be installed");
         assert!(
             out.status.success(),
-            "chattr +i {} failed (the test needs a file system with the immutable attribute, \
+            "chattr +{letter} {} failed (the test needs a file system with file attributes, \
              like ext4 or tmpfs): {}",
             path.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        Immutable(path.to_path_buf())
+        Attribute {
+            path: path.to_path_buf(),
+            letter,
+        }
     }
 }
 
-impl Drop for Immutable {
+impl Drop for Attribute {
     fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+        let _ = Command::new("chattr")
+            .arg(format!("-{}", self.letter))
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// `chattr +i` on a path, undone on drop.
+pub struct Immutable(#[allow(dead_code)] Attribute);
+
+impl Immutable {
+    pub fn set(path: &Path) -> Immutable {
+        Immutable(Attribute::set(path, 'i'))
     }
 }
 
 /// `chattr +a` (append-only) on a path, undone on drop.
-pub struct AppendOnly(PathBuf);
+pub struct AppendOnly(#[allow(dead_code)] Attribute);
 
 impl AppendOnly {
     pub fn set(path: &Path) -> AppendOnly {
-        let out = Command::new("chattr")
-            .arg("+a")
-            .arg(path)
-            .output()
-            .expect("chattr (e2fsprogs) must be installed");
-        assert!(
-            out.status.success(),
-            "chattr +a {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        AppendOnly(path.to_path_buf())
-    }
-}
-
-impl Drop for AppendOnly {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-a").arg(&self.0).status();
+        AppendOnly(Attribute::set(path, 'a'))
     }
 }
