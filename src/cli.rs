@@ -179,14 +179,23 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             // Rendered into a buffer first: clap_complete panics when its
             // writer fails, and a closed pipe is not a reason to panic.
             let mut buffer = Vec::new();
-            clap_complete::generate(*shell, &mut Cli::command(), "prepare-image", &mut buffer);
+            // --keep is parsed as free text (names from --profile-file are
+            // only known at run time), but completion offers the profile
+            // names known now: the built-ins, `all`, and any --profile-file.
+            let names: Vec<String> = catalogue
+                .iter()
+                .map(|p| p.name.clone())
+                .chain([profile::ALL.to_string()])
+                .collect();
+            let mut command = Cli::command().mut_arg("keep", |arg| {
+                arg.value_parser(clap::builder::PossibleValuesParser::new(names))
+            });
+            clap_complete::generate(*shell, &mut command, "prepare-image", &mut buffer);
             out.write_all(&buffer)?;
             Ok(Outcome::Success)
         }
         Some(Command::Man) => {
-            let mut buffer = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut buffer)?;
-            out.write_all(&buffer)?;
+            out.write_all(&man_page()?)?;
             Ok(Outcome::Success)
         }
         Some(Command::Profiles) => {
@@ -204,6 +213,42 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             finish(target, result)
         }
         None => keep(cli, &catalogue, out, err, style),
+    }
+}
+
+/// The man page. clap_mangen's own subcommand section refers to a page per
+/// subcommand (`prepare-image-status(1)`), which does not exist: the
+/// subcommands are listed here, in this page, instead.
+fn man_page() -> Result<Vec<u8>> {
+    let command = Cli::command();
+    let man = clap_mangen::Man::new(command.clone());
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    page.extend_from_slice(b".SH COMMANDS\n");
+    for sub in command.get_subcommands() {
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        let name = format!("prepare-image {}", sub.get_name());
+        page.extend_from_slice(
+            format!(".TP\n\\fB{}\\fR\n{}\n", roff_text(&name), roff_text(&about)).as_bytes(),
+        );
+    }
+    man.render_extra_section(&mut page)?;
+    man.render_version_section(&mut page)?;
+    Ok(page)
+}
+
+/// Text for a roff line: backslashes and hyphens escaped, and a leading `.`
+/// or `'` kept from being read as a request.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with(['.', '\'']) {
+        format!("\\&{escaped}")
+    } else {
+        escaped
     }
 }
 

@@ -154,13 +154,47 @@ pub fn unified_diff(path: &Path, old: &str, new: &str) -> String {
     if old == new {
         return String::new();
     }
-    let path = path.display();
     TextDiff::from_lines(old, new)
         .unified_diff()
         .context_radius(3)
         .missing_newline_hint(true)
-        .header(&format!("a/{path}"), &format!("b/{path}"))
+        .header(&header_name("a/", path), &header_name("b/", path))
         .to_string()
+}
+
+/// A file name for a `---`/`+++` line as GNU patch reads it back: a name
+/// with a control character, `"` or `\` is C-quoted (`"a/x\"y"`, octal for
+/// other bytes), as GNU diff and git write it; a name with a space ends in a
+/// tab, which tells patch that the space belongs to the name (without it,
+/// patch stops at the space).
+fn header_name(prefix: &str, path: &Path) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    bytes.extend_from_slice(path.as_os_str().as_encoded_bytes());
+    let needs_quotes = bytes
+        .iter()
+        .any(|&b| b < 0x20 || b == 0x7f || b == b'"' || b == b'\\')
+        || std::str::from_utf8(&bytes).is_err();
+    if needs_quotes {
+        let mut quoted = String::from("\"");
+        for &b in &bytes {
+            match b {
+                b'"' => quoted.push_str("\\\""),
+                b'\\' => quoted.push_str("\\\\"),
+                b'\t' => quoted.push_str("\\t"),
+                b'\n' => quoted.push_str("\\n"),
+                0x20..=0x7e => quoted.push(char::from(b)),
+                _ => quoted.push_str(&format!("\\{b:03o}")),
+            }
+        }
+        quoted.push('"');
+        return quoted;
+    }
+    let name = String::from_utf8_lossy(&bytes).into_owned();
+    if name.contains(' ') {
+        name + "\t"
+    } else {
+        name
+    }
 }
 
 fn paint(text: &str, style: AnsiStyle, on: bool) -> String {
@@ -273,6 +307,9 @@ pub fn keep(
                 "changed": f.changed(),
                 "diff": unified_diff(&f.path, &f.old_text, &f.new_text),
                 "backup": backups.iter().find(|b| b.file == f.path).map(|b| b.backup.display().to_string()),
+                // Added within schema 1: whether this run made `backup` (false: an older backup was
+                // already there and left alone); null without a backup.
+                "backup_created": backups.iter().find(|b| b.file == f.path).map(|b| !b.existed),
             })).collect::<Vec<_>>(),
             "changes": plan.files.iter().flat_map(|f| sorted_changes(f).into_iter().map(move |c| json!({
                 "profile": c.profiles.first(),
@@ -483,6 +520,13 @@ fn condition_text(condition: &Condition) -> Option<String> {
         Condition::UnlessKeeping(names) => {
             Some(format!("unless also keeping {}", names.join(", ")))
         }
+        Condition::All(conditions) => Some(
+            conditions
+                .iter()
+                .filter_map(condition_text)
+                .collect::<Vec<_>>()
+                .join(", and "),
+        ),
     }
 }
 

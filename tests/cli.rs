@@ -629,6 +629,62 @@ fn check_never_writes_even_with_changes_pending() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn check_is_decided_by_the_settings_not_by_a_tidy_up() {
+    // The drop-in's list replaces cloud.cfg's, so scripts-user never runs and
+    // hostname is kept; removing the dead entry from cloud.cfg only tidies up.
+    let img = Image::with_cfg(b"cloud_final_modules:\n - scripts-user\n - final-message\n");
+    img.write(
+        "etc/cloud/cloud.cfg.d/90_x.cfg",
+        b"preserve_hostname: true\ncloud_final_modules: [final-message]\n",
+    );
+    let before = img.snapshot();
+    let out = img.run(&["--keep", "hostname", "--check"]);
+    out.code(0);
+    assert!(
+        out.stderr.contains("hostname: already kept in")
+            && out
+                .stderr
+                .contains("1 optional change(s) in etc/cloud/cloud.cfg would only tidy up"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("- - scripts-user"), "{}", out.stdout);
+    assert_same_tree(&before, &img.snapshot());
+    // A setting that is overwritten still gives 3.
+    img.run(&["--keep", "hostname,ntp", "--check"]).code(0);
+    img.write(
+        "etc/cloud/cloud.cfg.d/90_x.cfg",
+        b"cloud_final_modules: [final-message]\n",
+    );
+    img.run(&["--keep", "hostname", "--check"]).code(3);
+}
+
+#[test]
+fn hostname_not_in_hosts_is_warned_only_while_update_etc_hosts_runs() {
+    const WARNING: &str = "[hostname-not-in-hosts]";
+    let without = Image::with_cfg(b"cloud_final_modules:\n - scripts-user\n");
+    let out = without.run(&["--keep", "hostname"]);
+    out.code(0);
+    assert!(!out.stderr.contains(WARNING), "{}", out.stderr);
+    // In a list that a drop-in replaces, it does not run either.
+    let replaced = Image::with_cfg(b"cloud_init_modules: [update_etc_hosts]\n");
+    replaced.write(
+        "etc/cloud/cloud.cfg.d/90_x.cfg",
+        b"cloud_init_modules: [bootcmd]\n",
+    );
+    let out = replaced.run(&["--keep", "hostname"]);
+    out.code(0);
+    assert!(!out.stderr.contains(WARNING), "{}", out.stderr);
+    let with = Image::fixture(TENCENT);
+    let out = with.copy().run(&["--keep", "hostname"]);
+    out.code(0);
+    assert!(out.stderr.contains(WARNING), "{}", out.stderr);
+    let out = with.run(&["--keep", "hostname,hosts"]);
+    out.code(0);
+    assert!(!out.stderr.contains(WARNING), "{}", out.stderr);
+}
+
+#[test]
 fn dry_run_and_n_change_nothing_and_exit_zero() {
     for flag in ["--dry-run", "-n"] {
         let img = Image::fixture(TENCENT);
@@ -735,6 +791,35 @@ fn dry_run_patch_reproduces_the_real_run_across_drop_ins() {
             diff.contains("+++ b/etc/cloud/cloud.cfg.d/50_host.cfg\n"),
             "{base}: {diff}"
         );
+    }
+}
+
+#[test]
+fn dry_run_patch_applies_for_drop_ins_with_spaces_and_quotes_in_their_names() {
+    // GNU patch ends an unquoted name at a space unless a tab follows it, and
+    // reads a name in double quotes C-style: the headers must say it so.
+    for (name, header) in [
+        (
+            "50 my host.cfg",
+            "+++ b/etc/cloud/cloud.cfg.d/50 my host.cfg\t\n",
+        ),
+        (
+            "50 h\u{f6}st.cfg",
+            "+++ b/etc/cloud/cloud.cfg.d/50 h\u{f6}st.cfg\t\n",
+        ),
+        (
+            "50_\"q\"\\x\ty.cfg",
+            "+++ \"b/etc/cloud/cloud.cfg.d/50_\\\"q\\\"\\\\x\\ty.cfg\"\n",
+        ),
+    ] {
+        let img = Image::fixture(TENCENT);
+        img.write(
+            &format!("etc/cloud/cloud.cfg.d/{name}"),
+            b"preserve_hostname: false\n",
+        );
+        let diff = assert_patch_reproduces_run(&img, &["--keep", "hostname"], &[]);
+        let diff = String::from_utf8(diff).unwrap();
+        assert!(diff.contains(header), "{name:?}: {diff}");
     }
 }
 
@@ -930,9 +1015,10 @@ fn json_report_has_the_documented_keys() {
         ["etc/cloud/cloud.cfg", "etc/cloud/cloud.cfg.d/50_host.cfg"]
     );
     for f in files {
-        assert_keys(f, &["path", "changed", "diff", "backup"]);
+        assert_keys(f, &["path", "changed", "diff", "backup", "backup_created"]);
         assert_eq!(f["changed"], true, "{f}");
         assert!(f["backup"].is_null(), "{f}");
+        assert!(f["backup_created"].is_null(), "{f}");
         let path = f["path"].as_str().unwrap();
         assert!(
             f["diff"]
@@ -1013,8 +1099,18 @@ fn json_report_has_the_documented_keys() {
     for f in doc["files"].as_array().unwrap() {
         let path = f["path"].as_str().unwrap();
         assert_eq!(f["backup"], format!("{path}{BAK}"), "{f}");
+        assert_eq!(f["backup_created"], true, "{f}");
         assert!(img.path(&format!("{path}{BAK}")).is_file());
     }
+    // Another run changes cloud.cfg again: its backup is named, but was made before.
+    let copy = img.copy();
+    let out = copy.run(&["--keep", "ntp", "--format", "json", "--backup"]);
+    out.code(0);
+    let doc = out.json();
+    let cloud_cfg = &doc["files"][0];
+    assert_eq!(cloud_cfg["path"], CLOUD_CFG);
+    assert_eq!(cloud_cfg["backup"], format!("{CLOUD_CFG}{BAK}"));
+    assert_eq!(cloud_cfg["backup_created"], false, "{cloud_cfg}");
 
     // Nothing left to do.
     let out = img.run(&["--keep", "hostname,dns", "--format", "json"]);
@@ -1913,6 +2009,89 @@ fn profiles_lists_the_eight_with_edits_and_warnings() {
     assert!(block("passwords").contains("remove module set-passwords"));
     assert!(block("keys").contains("remove module users-groups"));
     assert!(block("network").contains("  edit: set network.config: disabled\n"));
+}
+
+/// What bash completion offers for the words typed so far (the last one is
+/// being completed), from the script `completions bash` prints, in a real bash.
+fn bash_completions(script: &[u8], words: &[&str]) -> Vec<String> {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("prepare-image.bash");
+    fs::write(&path, script).unwrap();
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}'\n\
+         function=$(complete -p prepare-image | sed -n 's/.*-F \\([^ ]*\\) .*/\\1/p')\n\
+         COMP_WORDS=({})\n\
+         COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))\n\
+         COMP_LINE=\"${{COMP_WORDS[*]}}\"\n\
+         COMP_POINT=${{#COMP_LINE}}\n\
+         \"$function\" prepare-image \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        path.display(),
+        quoted.join(" ")
+    );
+    let out = StdCommand::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bash_completion_offers_profile_names_after_keep() {
+    let script = run(&["completions", "bash"]).code(0).stdout_bytes.clone();
+    let mut all: Vec<String> = BUILT_INS.iter().map(|s| s.to_string()).collect();
+    all.push("all".into());
+    assert_eq!(
+        bash_completions(&script, &["prepare-image", "--keep", ""]),
+        all
+    );
+    assert_eq!(
+        bash_completions(&script, &["prepare-image", "--keep", "ho"]),
+        ["hostname", "hosts"]
+    );
+    // A user profile given when the script is made is offered too.
+    let (_dir, mine) =
+        profile_file("name: mine\nsummary: Mine.\nedits:\n  - remove_module: growpart\n");
+    let out = run_with(
+        cmd()
+            .args(["completions", "bash", "--profile-file"])
+            .arg(&mine),
+    );
+    out.code(0);
+    assert!(
+        bash_completions(&out.stdout_bytes, &["prepare-image", "--keep", "m"])
+            .contains(&"mine".to_string())
+    );
+    // --keep still takes any comma list; completion does not restrict parsing.
+    let img = Image::fixture(TENCENT);
+    img.run(&["--keep", "hostname,dns", "--dry-run"]).code(0);
+}
+
+#[test]
+fn man_page_names_no_page_that_does_not_exist() {
+    let out = run(&["man"]);
+    out.code(0);
+    // clap_mangen would refer to prepare-image-status(1) and the like.
+    assert!(!out.stdout.contains("(1)"), "{}", out.stdout);
+    for sub in ["status", "profiles", "completions", "man"] {
+        assert!(
+            out.stdout
+                .contains(&format!("\\fBprepare\\-image {sub}\\fR")),
+            "{}",
+            out.stdout
+        );
+    }
 }
 
 #[test]

@@ -259,12 +259,8 @@ fn applicable_warnings(
     let mut warnings: Vec<Warning> = Vec::new();
     let keeping: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
     let mut push = |warning: &Warning| {
-        let applies = match &warning.condition {
-            Condition::Always => true,
-            Condition::ModuleListed(module) => !set.module_entries(module).is_empty(),
-            Condition::UnlessKeeping(names) => !names.iter().any(|n| keeping.contains(&n.as_str())),
-        };
-        if applies && !warnings.iter().any(|w| w.id == warning.id) {
+        if holds(&warning.condition, set, &keeping) && !warnings.iter().any(|w| w.id == warning.id)
+        {
             warnings.push(warning.clone());
         }
     };
@@ -283,6 +279,15 @@ fn applicable_warnings(
         }
     }
     warnings
+}
+
+fn holds(condition: &Condition, set: &ConfigSet, keeping: &[&str]) -> bool {
+    match condition {
+        Condition::Always => true,
+        Condition::ModuleListed(module) => !set.module_entries(module).is_empty(),
+        Condition::UnlessKeeping(names) => !names.iter().any(|n| keeping.contains(&n.as_str())),
+        Condition::All(conditions) => conditions.iter().all(|c| holds(c, set, keeping)),
+    }
 }
 
 /// PyYAML keeps the last of duplicated keys; we edited all of them, and say so.

@@ -75,6 +75,8 @@ pub enum Condition {
     ModuleListed(String),
     /// Only if none of these profiles is kept in the same run.
     UnlessKeeping(Vec<String>),
+    /// Only if every one of these holds (a warning with both keys).
+    All(Vec<Condition>),
 }
 
 /// The built-in profiles.
@@ -314,10 +316,12 @@ fn parse_warnings(node: Option<&Node>) -> Result<Vec<Warning>> {
                 item,
                 &["id", "text", "when_module_listed", "unless_keeping"],
             )?;
-            let condition = if f.node("when_module_listed").is_some() {
-                Condition::ModuleListed(f.string("when_module_listed")?)
-            } else if let Some(list) = f.node("unless_keeping") {
-                match list.to_value() {
+            let mut conditions = Vec::new();
+            if f.node("when_module_listed").is_some() {
+                conditions.push(Condition::ModuleListed(f.string("when_module_listed")?));
+            }
+            if let Some(list) = f.node("unless_keeping") {
+                conditions.push(match list.to_value() {
                     Value::Seq(names) => Condition::UnlessKeeping(
                         names
                             .iter()
@@ -335,9 +339,12 @@ fn parse_warnings(node: Option<&Node>) -> Result<Vec<Warning>> {
                         "line {}: `unless_keeping` is a list of profile names",
                         list.line
                     ),
-                }
-            } else {
-                Condition::Always
+                });
+            }
+            let condition = match conditions.len() {
+                0 => Condition::Always,
+                1 => conditions.remove(0),
+                _ => Condition::All(conditions),
             };
             Ok(Warning {
                 id: f.string("id")?,
