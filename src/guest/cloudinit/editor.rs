@@ -736,7 +736,16 @@ impl Context<'_> {
         for line in self.text.split_inclusive('\n').rev() {
             offset -= line.len();
             let content = line.trim_end();
-            if content == "..." {
+            // `...` in column 0, then nothing but blanks and a comment
+            // (`... # end`), as PyYAML's scanner takes a document end.
+            if let Some(after) = content.strip_prefix("...")
+                && (after.is_empty() || after.starts_with([' ', '\t']))
+                && after
+                    .trim_start_matches([' ', '\t'])
+                    .chars()
+                    .next()
+                    .is_none_or(|c| c == '#')
+            {
                 return Some(offset);
             }
             if !(content.is_empty() || content.trim_start().starts_with('#')) {
@@ -1031,6 +1040,17 @@ mod tests {
                 "a: 1\n...\n# end\n",
                 vec![set("preserve_hostname", Value::Bool(true))],
                 "a: 1\npreserve_hostname: true\n...\n# end\n",
+            ),
+            // The marker may carry a comment of its own.
+            (
+                "a: 1\n... # end of config\n",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "a: 1\npreserve_hostname: true\n... # end of config\n",
+            ),
+            (
+                "a: 1\n...\t# end\r\n",
+                vec![set("preserve_hostname", Value::Bool(true))],
+                "a: 1\npreserve_hostname: true\n...\t# end\r\n",
             ),
             // No final newline: still none after removing a last entry that
             // follows an empty line, then adding a key.
