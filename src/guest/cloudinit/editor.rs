@@ -12,7 +12,8 @@
 
 use std::fmt;
 
-use crate::guest::cloudinit::document::{self, Node, NodeKind, ParseError, Style, Value};
+use crate::guest::cloudinit::document::{self, Node, NodeKind, ParseError, Span, Style, Value};
+use crate::guest::cloudinit::merge_key;
 
 /// One edit to a cloud.cfg document.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,6 +216,7 @@ fn nested_value(path: &[String], wanted: &Value) -> Value {
 pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
     let mut doc = document::parse(text).map_err(EditError::Parse)?;
     let original = doc.to_value();
+    let has_aliases = doc.root.as_ref().is_some_and(|r| !alias_uses(r).is_empty());
     let eol = if text
         .find('\n')
         .is_some_and(|i| i > 0 && text.as_bytes()[i - 1] == b'\r')
@@ -240,14 +242,36 @@ pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
             .enumerate()
             .find_map(|(i, edit)| ctx.next_splice(doc.root.as_ref(), edit).map(|s| (i, s)));
         let Some((edit_index, planned)) = next else {
-            verify(&original, doc.to_value(), edits)?;
-            return Ok(Edited {
-                text: current,
-                changes,
-            });
+            return match verify(&original, doc.to_value(), edits) {
+                // A value repeated through an alias or merge key changed
+                // where the overlap check could not tell: a refusal, not a bug.
+                Err(EditError::Verify { .. }) if has_aliases => Err(EditError::Unsupported {
+                    line: changes.first().map_or(1, |c: &Change| c.line),
+                    message: "the edit would also change a value that an alias (*anchor) or \
+                              merge key (<<) repeats elsewhere; edit by hand"
+                        .to_string(),
+                }),
+                verified => verified.map(|()| Edited {
+                    text: current,
+                    changes,
+                }),
+            };
         };
         let planned = planned?;
         let line = original_line(text, &splices, planned.parts.first().map_or(0, |p| p.start));
+        if let Some(use_line) = doc
+            .root
+            .as_ref()
+            .and_then(|root| repeated_elsewhere(&current, root, &planned))
+        {
+            return Err(EditError::Unsupported {
+                line,
+                message: format!(
+                    "this value is anchored (&) and repeated through an alias or merge key at \
+                     line {use_line}, which the edit would change too; edit by hand"
+                ),
+            });
+        }
         for part in planned.parts.iter().rev() {
             current.replace_range(part.start..part.end, &part.insert);
         }
@@ -264,15 +288,94 @@ pub fn apply(text: &str, edits: &[Edit]) -> Result<Edited, EditError> {
             line,
             what: planned.what,
         });
-        // Our own splice must leave valid YAML; anything else is an editor bug.
-        doc = document::parse(&current).map_err(|e| EditError::Verify {
-            expected: Value::Str("valid YAML".into()),
-            actual: Value::Str(e.to_string()),
+        // Our own splice must leave valid YAML; anything else is an editor
+        // bug, unless it removed an anchor that an alias still names.
+        doc = document::parse(&current).map_err(|e| match has_aliases {
+            true => EditError::Unsupported {
+                line,
+                message: format!(
+                    "the edit would break an alias (*anchor) to this value ({e}); edit by hand"
+                ),
+            },
+            false => EditError::Verify {
+                expected: Value::Str("valid YAML".into()),
+                actual: Value::Str(e.to_string()),
+            },
         })?;
     }
     Err(EditError::Unsupported {
         line: 1,
         message: format!("more than {MAX_SPLICES} edits needed; refusing to go on"),
+    })
+}
+
+/// Text that an alias (`*a`, also in `<<: *a`) repeats: the anchored node's
+/// span, whether it is a block collection, and the line of the key holding
+/// the alias.
+struct AliasUse {
+    span: Span,
+    block: bool,
+    line: usize,
+}
+
+fn alias_uses(root: &Node) -> Vec<AliasUse> {
+    fn walk(node: &Node, line: usize, out: &mut Vec<AliasUse>) {
+        let mut visit = |child: &Node, line: usize| {
+            if child.from_alias {
+                let block = matches!(
+                    child.kind,
+                    NodeKind::Map { flow: false, .. } | NodeKind::Seq { flow: false, .. }
+                );
+                out.push(AliasUse {
+                    span: child.span,
+                    block,
+                    line,
+                });
+            } else {
+                walk(child, line, out);
+            }
+        };
+        match &node.kind {
+            NodeKind::Scalar { .. } => {}
+            NodeKind::Seq { items, .. } => items.iter().for_each(|item| visit(item, line)),
+            NodeKind::Map { entries, .. } => {
+                for (key, value) in entries.iter() {
+                    visit(key, key.line);
+                    visit(value, key.line);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if !root.from_alias {
+        walk(root, root.line, &mut out);
+    }
+    out
+}
+
+/// The line of an alias whose repeated text `planned` would change, if any.
+fn repeated_elsewhere(text: &str, root: &Node, planned: &Planned) -> Option<usize> {
+    let uses = alias_uses(root);
+    planned.parts.iter().find_map(|part| {
+        uses.iter()
+            .find(|u| {
+                // A block collection's text starts with its first line's indentation.
+                let start = if u.block {
+                    text[..u.span.start].rfind('\n').map_or(0, |i| i + 1)
+                } else {
+                    u.span.start
+                };
+                if part.start == part.end {
+                    if u.block {
+                        start <= part.start && part.start <= u.span.end
+                    } else {
+                        start < part.start && part.start < u.span.end
+                    }
+                } else {
+                    part.start < u.span.end && part.end > start
+                }
+            })
+            .map(|u| u.line)
     })
 }
 
@@ -354,16 +457,20 @@ impl Context<'_> {
                 let NodeKind::Map { entries, .. } = &root.kind else {
                     return None;
                 };
-                entries.iter().find_map(|(key, list)| {
-                    let name = key.key_str()?;
-                    if !is_module_list_key(name) {
-                        return None;
-                    }
-                    self.remove_first_matching(key, list, name, |item| {
-                        entry_module_name(&item.to_value())
-                            .is_some_and(|n| canonical_module_name(n) == module)
+                let names_module = |item: &Node| {
+                    entry_module_name(&item.to_value())
+                        .is_some_and(|n| canonical_module_name(n) == module)
+                };
+                entries
+                    .iter()
+                    .find_map(|(key, list)| {
+                        let name = key.key_str()?;
+                        if !is_module_list_key(name) {
+                            return None;
+                        }
+                        self.remove_first_matching(key, list, name, names_module)
                     })
-                })
+                    .or_else(|| self.merged_list_refusal(root, is_module_list_key, names_module))
             }
             Edit::RemoveListValue {
                 key: list_key,
@@ -371,13 +478,16 @@ impl Context<'_> {
             } => {
                 let value = canonical_module_name(value);
                 let root = root?;
-                root.entries_for(list_key).find_map(|(key, list)| {
-                    self.remove_first_matching(key, list, list_key, |item| {
-                        item.to_value()
-                            .as_str()
-                            .is_some_and(|s| canonical_module_name(s) == value)
+                let names_value = |item: &Node| {
+                    item.to_value()
+                        .as_str()
+                        .is_some_and(|s| canonical_module_name(s) == value)
+                };
+                root.entries_for(list_key)
+                    .find_map(|(key, list)| {
+                        self.remove_first_matching(key, list, list_key, names_value)
                     })
-                })
+                    .or_else(|| self.merged_list_refusal(root, |k| k == list_key, names_value))
             }
         }
     }
@@ -609,8 +719,41 @@ impl Context<'_> {
             };
             return Some(planned);
         }
-        if found || !add {
+        if found {
             return None;
+        }
+        let mut note = String::new();
+        match merge_key::lookup(map, first).and_then(|f| Some((f.merge?, f.value))) {
+            // The key comes through a merge key (`<<: *d`): an explicit key
+            // wins over it, so a scalar is set by adding one here, which
+            // leaves the merged mapping (and its other uses) alone.
+            Some((merge, value)) => {
+                let current = value.to_value();
+                if rest.is_empty() {
+                    if satisfies(&current, wanted) {
+                        return None;
+                    }
+                    note = format!(" (over {current} from `{}`)", self.merge_text(merge));
+                } else {
+                    let mut changed = current.clone();
+                    set_value_path(&mut changed, rest, wanted, add);
+                    if changed == current {
+                        return None;
+                    }
+                    // Adding `first` here would replace the whole merged
+                    // mapping (merges are shallow), not one key in it.
+                    return Some(Err(EditError::Unsupported {
+                        line: merge.line,
+                        message: format!(
+                            "{first} comes through `{}` at line {}: edit by hand",
+                            self.merge_text(merge),
+                            merge.line
+                        ),
+                    }));
+                }
+            }
+            None if !add => return None,
+            None => {}
         }
         if map.from_alias {
             return Some(Err(EditError::Unsupported {
@@ -619,7 +762,7 @@ impl Context<'_> {
             }));
         }
         let new = nested_value(rest, wanted);
-        Some(match &map.kind {
+        let planned = match &map.kind {
             NodeKind::Map {
                 flow: true,
                 entries,
@@ -627,7 +770,51 @@ impl Context<'_> {
             _ if top_level => Ok(self.append_top_level(path, wanted)),
             NodeKind::Map { entries, .. } => self.insert_into_block_map(&entries[0].0, first, &new),
             _ => return None,
-        })
+        };
+        Some(planned.map(|mut p| {
+            p.what.push_str(&note);
+            p
+        }))
+    }
+
+    /// `<<: *d` as written, for messages: the merge key's line from the `<<`
+    /// on, without a comment.
+    fn merge_text(&self, merge: &Node) -> String {
+        let rest = &self.text[merge.span.start..];
+        let line = rest.split(['\n', '\r']).next().unwrap_or("<<");
+        let line = line.split(" #").next().unwrap_or(line).trim();
+        let flow_end = line.find(['}', ',']).filter(|&i| !line[..i].contains('['));
+        flow_end.map_or(line, |i| line[..i].trim_end()).to_string()
+    }
+
+    /// A module list or list key present only through a merge key, whose
+    /// merged value `needs_edit`: that cannot be edited where it is written.
+    fn merged_list_refusal(
+        &self,
+        root: &Node,
+        key_matches: impl Fn(&str) -> bool,
+        needs_edit: impl Fn(&Node) -> bool,
+    ) -> Option<Result<Planned, EditError>> {
+        merge_key::merged_only_keys(root)
+            .iter()
+            .filter(|k| key_matches(k))
+            .find_map(|k| {
+                let found = merge_key::lookup(root, k)?;
+                let merge = found.merge?;
+                let NodeKind::Seq { items, .. } = &found.value.kind else {
+                    return None;
+                };
+                items.iter().any(&needs_edit).then(|| {
+                    Err(EditError::Unsupported {
+                        line: merge.line,
+                        message: format!(
+                            "{k} comes through `{}` at line {}: edit by hand",
+                            self.merge_text(merge),
+                            merge.line
+                        ),
+                    })
+                })
+            })
     }
 
     fn replace_value(

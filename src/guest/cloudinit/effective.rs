@@ -18,6 +18,7 @@ use anyhow::{Result, anyhow};
 use crate::access::root::{AccessError, AccessErrorKind, Root};
 use crate::guest::cloudinit::document::{self, Document, Node, NodeKind, Value};
 use crate::guest::cloudinit::editor::{self, Edit, entry_module_name, is_module_list_key};
+use crate::guest::cloudinit::merge_key::{self, Found};
 use crate::guest::cloudinit::profile::Profile;
 
 /// Where cloud-init looks for its base configuration, relative to the root.
@@ -95,7 +96,14 @@ impl ConfigSet {
                 continue;
             };
             for (depth, key) in path.iter().enumerate() {
-                let Some((key_node, value)) = node.get(key) else {
+                // Merge keys (`<<: *d`) count: the line named is where the
+                // value is written, in the merged mapping.
+                let Some(Found {
+                    key: key_node,
+                    value,
+                    ..
+                }) = merge_key::lookup(node, key)
+                else {
                     continue 'files;
                 };
                 let last = depth + 1 == path.len();
