@@ -375,7 +375,6 @@ fn changed_paths(plan: &Plan) -> String {
 fn plan_on(target: &Target, selected: &[&Profile], mode: LockMode) -> Result<(RootLock, Plan)> {
     interrupt::pause_point("mounted")?;
     let lock = lock::lock(target.root(), mode)?;
-    interrupt::pause_point("locked")?;
     let set = effective::load(target.root())?;
     let plan = plan::plan(&set, selected)?;
     interrupt::check()?;
