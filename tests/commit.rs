@@ -167,6 +167,44 @@ fn an_append_only_drop_in_directory_leaves_cloud_cfg_alone() {
     drop(guard);
 }
 
+/// A file bind-mounted over another; unmounted on drop.
+struct BindMount(PathBuf);
+
+impl BindMount {
+    fn new(source: &Path, target: &Path) -> BindMount {
+        let status = StdCommand::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(target)
+            .status()
+            .expect("mount (util-linux) must be installed");
+        assert!(status.success(), "mount --bind {}", target.display());
+        BindMount(target.to_path_buf())
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_drop_in_mounted_over_is_refused_before_cloud_cfg_is_replaced() {
+    let dir = two_file_root();
+    let elsewhere = TempDir::new().unwrap();
+    let source = elsewhere.path().join("host.cfg");
+    fs::write(&source, b"preserve_hostname: false\n").unwrap();
+    let guard = BindMount::new(&source, &dir.path().join(DROP_IN));
+    fails_with_nothing_written(
+        dir.path(),
+        &["--keep", "all"],
+        &["it is a mount point", "nothing was written"],
+    );
+    drop(guard);
+    assert_eq!(fs::read(&source).unwrap(), b"preserve_hostname: false\n");
+}
+
 #[test]
 fn a_backup_name_longer_than_name_max_leaves_everything_alone() {
     let dir = two_file_root();
