@@ -274,6 +274,52 @@ fn a_rename_failing_after_another_succeeded_puts_the_first_back() {
 }
 
 #[test]
+fn when_putting_back_fails_too_the_error_names_what_was_written() {
+    let dir = two_file_root();
+    let root = Root::open(dir.path()).unwrap();
+    let drop_in = dir.path().join(DROP_IN);
+    let etc_cloud = dir.path().join("etc/cloud");
+    let writes = pending_pair(&root, dir.path());
+    // After cloud.cfg is replaced: the drop-in is edited by someone else (so
+    // its rename is refused) and etc/cloud turns immutable (so cloud.cfg
+    // cannot be put back).
+    let mut guard = None;
+    let result = commit_all_observed(writes, None, &mut |index| {
+        if index == 0 {
+            fs::write(&drop_in, b"preserve_hostname: edited\n").unwrap();
+            guard = Some(Immutable::set(&etc_cloud));
+        }
+    });
+    drop(guard);
+    let error = result.unwrap_err();
+    assert!(!error.nothing_written());
+    let CommitError::Partial(partial) = &error else {
+        panic!("{error}");
+    };
+    assert_eq!(partial.written, [PathBuf::from(CLOUD_CFG)]);
+    let message = error.to_string();
+    assert!(
+        message.contains("putting back the files already replaced failed too")
+            && message.contains("etc/cloud/cloud.cfg WERE written"),
+        "{message}"
+    );
+    // The original is still there under the hidden name the message gives.
+    let kept = partial
+        .kept
+        .iter()
+        .find(|k| k.parent() == Some(Path::new("etc/cloud")))
+        .unwrap();
+    assert_eq!(
+        fs::read(dir.path().join(kept)).unwrap(),
+        fs::read(TENCENT).unwrap()
+    );
+    assert_eq!(
+        fs::read(dir.path().join(CLOUD_CFG)).unwrap(),
+        b"new: text\n"
+    );
+}
+
+#[test]
 fn all_renames_succeed_and_leave_only_the_backups() {
     let dir = two_file_root();
     let root = Root::open(dir.path()).unwrap();
