@@ -25,7 +25,9 @@
 use std::collections::BTreeSet;
 
 use prepare_image::guest::cloudinit::document;
-use prepare_image::guest::cloudinit::editor::{self, Edit, canonical_module_name, is_module_list_key};
+use prepare_image::guest::cloudinit::editor::{
+    self, Edit, canonical_module_name, is_module_list_key,
+};
 use prepare_image::guest::cloudinit::profile;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
@@ -976,7 +978,7 @@ fn generator_renders_valid_yaml_with_every_form() {
             panic!("{text}")
         };
         assert_eq!(items.len(), forms.len(), "{text}");
-        for item in items {
+        for item in items.iter() {
             assert_eq!(
                 editor::entry_module_name(item).map(canonical_module_name),
                 Some("scripts_user".to_string()),
