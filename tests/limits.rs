@@ -262,3 +262,22 @@ fn a_huge_document_is_refused() {
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
     assert!(run.stderr.contains("MiB"), "{}", run.stderr);
 }
+
+#[test]
+fn a_setting_holding_a_billion_laughs_is_shown_shortened() {
+    let text = billion_laughs(10, 10) + "preserve_hostname: *j\nmanage_etc_hosts: *j\n";
+    let run = status(root_with(&text).path(), Duration::from_secs(30));
+    assert_eq!(run.exit_code, Some(0), "{}", run.stderr);
+    assert_bounded(&run, "a setting through aliases");
+    let hostname = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("hostname "))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    // A list is not a boolean: cloud-init does not keep the hostname.
+    assert!(hostname.contains("overwritten"), "{hostname}");
+    assert!(
+        hostname.len() < 4096 && hostname.contains('…'),
+        "{hostname}"
+    );
+}

@@ -171,6 +171,9 @@ impl KeyIndex {
 /// billion laughs.
 const RENDER_BUDGET: usize = 64 * 1024;
 
+/// How much of a value a message line shows (`Display`) before "…".
+const DISPLAY_BUDGET: usize = 1024;
+
 impl Value {
     /// A list value.
     pub fn seq(items: Vec<Value>) -> Value {
@@ -291,16 +294,20 @@ impl Value {
     /// It stops with "…" past the render budget (64 KiB), which only a value
     /// multiplied by aliases reaches; the editor verifies what it inserts.
     pub fn to_yaml_inline(&self) -> String {
+        self.inline_within(RENDER_BUDGET)
+    }
+
+    fn inline_within(&self, budget: usize) -> String {
         let mut out = String::new();
         // The error only says that the budget ran out; the text so far stays.
-        if self.write_inline(&mut out).is_err() {
+        if self.write_inline(&mut out, budget).is_err() {
             out.push('…');
         }
         out
     }
 
-    fn write_inline(&self, out: &mut String) -> Result<(), ()> {
-        if out.len() > RENDER_BUDGET {
+    fn write_inline(&self, out: &mut String, budget: usize) -> Result<(), ()> {
+        if out.len() > budget {
             return Err(());
         }
         match self {
@@ -316,7 +323,7 @@ impl Value {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    item.write_inline(out)?;
+                    item.write_inline(out, budget)?;
                 }
                 out.push(']');
             }
@@ -326,9 +333,9 @@ impl Value {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    k.write_inline(out)?;
+                    k.write_inline(out, budget)?;
                     out.push_str(": ");
-                    v.write_inline(out)?;
+                    v.write_inline(out, budget)?;
                 }
                 out.push('}');
             }
@@ -339,7 +346,7 @@ impl Value {
 
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_yaml_inline())
+        f.write_str(&self.inline_within(DISPLAY_BUDGET))
     }
 }
 
@@ -1400,7 +1407,9 @@ mod tests {
         assert_ne!(v, parse(&changed).unwrap().to_value());
         // Renderings stop at their budget.
         let shown = v.get("l9").unwrap().to_string();
-        assert!(shown.len() < 2 * RENDER_BUDGET && shown.ends_with('…'));
+        assert!(shown.len() < 2 * DISPLAY_BUDGET && shown.ends_with('…'));
+        let inline = v.get("l9").unwrap().to_yaml_inline();
+        assert!(inline.len() < 2 * RENDER_BUDGET && inline.ends_with('…'));
         let json = v.get("l9").unwrap().to_json().to_string();
         assert!(json.len() < 16 * RENDER_BUDGET && json.contains('…'));
     }
