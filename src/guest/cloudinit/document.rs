@@ -695,8 +695,8 @@ impl Work {
     fn spend(&mut self, units: usize) -> Result<(), String> {
         self.left = self.left.checked_sub(units).ok_or_else(|| {
             format!(
-                "aliases and merge keys here repeat more than {ALIAS_WORK_LIMIT} keys or bytes; \
-                 that is not a real cloud.cfg (write the values out, or use fewer aliases)"
+                "aliases and merge keys here repeat more than {ALIAS_WORK_LIMIT} keys or bytes, \
+                 {BEYOND_A_BOUND}: write the values out, or use fewer aliases"
             )
         })?;
         Ok(())
@@ -741,6 +741,18 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// Said by every refusal that comes from one of our bounds rather than from
+/// YAML: cloud-init may well read such a file, we only decline to.
+const BEYOND_A_BOUND: &str = "beyond what prepare-image reads";
+
+impl ParseError {
+    /// Whether the text was refused for exceeding one of our bounds (size,
+    /// nesting, alias work), not for being invalid YAML.
+    pub fn exceeds_a_bound(&self) -> bool {
+        self.message.contains(BEYOND_A_BOUND)
+    }
+}
+
 fn error_at(line: usize, col0: usize, message: impl Into<String>) -> ParseError {
     ParseError {
         line: Some(line),
@@ -772,8 +784,8 @@ pub fn parse(text: &str) -> Result<Document, ParseError> {
             line: None,
             column: None,
             message: format!(
-                "{} bytes, more than the {} MiB a cloud.cfg can sensibly hold \
-                 (Debian's is about 4 KiB); refusing to read it",
+                "{} bytes, more than {} MiB, {BEYOND_A_BOUND} \
+                 (Debian's cloud.cfg is about 4 KiB)",
                 text.len(),
                 MAX_DOCUMENT_BYTES / (1024 * 1024)
             ),
@@ -1131,8 +1143,8 @@ impl<'a> Loader<'a> {
             col0,
             format!(
                 "lists and mappings nested more than {MAX_NESTING} levels deep \
-                 (aliases followed); cloud-init's YAML loader fails long before a real \
-                 cloud.cfg would need that"
+                 (aliases followed), {BEYOND_A_BOUND} (a real cloud.cfg nests fewer than \
+                 ten; PyYAML itself gives up near 450)"
             ),
         )
     }
@@ -1450,7 +1462,10 @@ mod tests {
         assert!(err.message.contains("merge keys"), "{err}");
         assert!(err.line.is_some() && err.column.is_some(), "{err}");
         let err = parse(&"#\n".repeat(MAX_DOCUMENT_BYTES / 2 + 1)).unwrap_err();
-        assert!(err.message.contains("4 MiB"), "{err}");
+        assert!(
+            err.message.contains("4 MiB") && err.exceeds_a_bound(),
+            "{err}"
+        );
     }
 
     #[test]

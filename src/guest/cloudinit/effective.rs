@@ -255,13 +255,15 @@ pub fn load(root: &Root) -> Result<ConfigSet> {
 
 fn parse_named(root: &Root, path: &Path, text: &str) -> Result<Document> {
     document::parse(text).map_err(|e| {
-        let hint =
-            if e.line.is_some() && !e.message.contains("Jinja") && !e.message.contains("top level")
-            {
-                " (cloud-init would ignore this whole file: fix the YAML, then run again)"
-            } else {
-                ""
-            };
+        let hint = if e.line.is_some()
+            && !e.message.contains("Jinja")
+            && !e.message.contains("top level")
+            && !e.exceeds_a_bound()
+        {
+            " (cloud-init would ignore this whole file: fix the YAML, then run again)"
+        } else {
+            ""
+        };
         anyhow!("{}: {e}{hint}", root.path().join(path).display())
     })
 }
