@@ -237,6 +237,22 @@ fn a_scalar_through_a_merge_key_is_set_by_an_explicit_key_over_it() {
 }
 
 #[test]
+fn a_scalar_written_as_an_alias_is_replaced_by_the_value() {
+    let catalogue = profile::built_in();
+    let keep = profile::select(&catalogue, "hostname,hosts").unwrap();
+    let text = "no: &n false\npreserve_hostname: *n\nmanage_etc_hosts: {x: 1}\nm: {manage_etc_hosts: *n}\ncloud_final_modules: [a]\n";
+    let plan = plan::plan(&one_file(text), &keep).unwrap();
+    assert_eq!(
+        plan.files[0].new_text,
+        "no: &n false\npreserve_hostname: true\nmanage_etc_hosts: false\nm: {manage_etc_hosts: *n}\ncloud_final_modules: [a]\n"
+    );
+    assert_eq!(
+        plan.files[0].changes[0].what,
+        "set preserve_hostname: true (was false) in place of an alias"
+    );
+}
+
+#[test]
 fn refusals_name_the_line_and_dry_run_exits_1() {
     let dir = tempfile::TempDir::new().unwrap();
     std::fs::create_dir_all(dir.path().join("etc/cloud")).unwrap();

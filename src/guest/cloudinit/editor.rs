@@ -779,6 +779,18 @@ impl Context<'_> {
         }))
     }
 
+    /// The `*name` token that is a key's value (`key: *name`), if the value
+    /// is written as an alias.
+    fn alias_after(&self, key: &Node) -> Option<(usize, usize)> {
+        let start = self.skip_blanks_and_comments(self.colon_after(key)? + 1);
+        let rest = self.text.get(start..)?;
+        let name = rest.strip_prefix('*')?;
+        let length = name
+            .find(|c: char| c.is_whitespace() || ",[]{}".contains(c))
+            .unwrap_or(name.len());
+        (length > 0).then_some((start, start + 1 + length))
+    }
+
     /// `<<: *d` as written, for messages: the merge key's line from the `<<`
     /// on, without a comment.
     fn merge_text(&self, merge: &Node) -> String {
@@ -826,10 +838,24 @@ impl Context<'_> {
         new: &Value,
         what: &str,
     ) -> Result<Planned, EditError> {
-        if value.from_alias || key.from_alias {
-            return Err(EditError::Unsupported {
-                line: key.line,
-                message: "this value comes from an alias (*anchor); edit it by hand".to_string(),
+        let through_alias = || EditError::Unsupported {
+            line: key.line,
+            message: "this value comes from an alias (*anchor); edit it by hand".to_string(),
+        };
+        if key.from_alias {
+            return Err(through_alias());
+        }
+        if value.from_alias {
+            // `key: *p`: the alias itself is replaced by the new value, so
+            // the anchored value and its other uses stay as they are.
+            let (start, end) = self.alias_after(key).ok_or_else(through_alias)?;
+            return Ok(Planned {
+                parts: vec![Part {
+                    start,
+                    end,
+                    insert: new.to_yaml_inline(),
+                }],
+                what: format!("{what} in place of an alias"),
             });
         }
         let new_text = new.to_yaml_inline();
