@@ -188,6 +188,13 @@ fn aliases_and_merge_keys_are_edited_or_refused_by_line() {
     assert!(edited > 0 && refused > 0);
 }
 
+/// The plan for keeping `keep` in a cloud.cfg of `text`, which must succeed.
+fn planned(text: &str, keep: &str) -> plan::Plan {
+    let catalogue = profile::built_in();
+    let selected = profile::select(&catalogue, keep).unwrap();
+    plan::plan(&one_file(text), &selected).unwrap_or_else(|e| panic!("{e:#}\n{text}"))
+}
+
 fn one_file(text: &str) -> ConfigSet {
     ConfigSet::from_texts(vec![(
         PathBuf::from("etc/cloud/cloud.cfg"),
@@ -216,10 +223,8 @@ fn status_names_the_line_a_merge_key_brings_in() {
 
 #[test]
 fn a_scalar_through_a_merge_key_is_set_by_an_explicit_key_over_it() {
-    let catalogue = profile::built_in();
-    let keep = profile::select(&catalogue, "hostname,network").unwrap();
     let text = "defaults: &d\n  preserve_hostname: false\n<<: *d\nbase: &b {config: enabled}\nnetwork:\n  <<: *b\n  renderers: [eni]\ncloud_final_modules: [a]\n";
-    let plan = plan::plan(&one_file(text), &keep).unwrap();
+    let plan = planned(text, "hostname,network");
     assert_eq!(
         plan.files[0].new_text,
         "defaults: &d\n  preserve_hostname: false\n<<: *d\nbase: &b {config: enabled}\nnetwork:\n  config: disabled\n  <<: *b\n  renderers: [eni]\ncloud_final_modules: [a]\npreserve_hostname: true\n"
@@ -238,10 +243,8 @@ fn a_scalar_through_a_merge_key_is_set_by_an_explicit_key_over_it() {
 
 #[test]
 fn a_scalar_written_as_an_alias_is_replaced_by_the_value() {
-    let catalogue = profile::built_in();
-    let keep = profile::select(&catalogue, "hostname,hosts").unwrap();
     let text = "no: &n false\npreserve_hostname: *n\nmanage_etc_hosts: {x: 1}\nm: {manage_etc_hosts: *n}\ncloud_final_modules: [a]\n";
-    let plan = plan::plan(&one_file(text), &keep).unwrap();
+    let plan = planned(text, "hostname,hosts");
     assert_eq!(
         plan.files[0].new_text,
         "no: &n false\npreserve_hostname: true\nmanage_etc_hosts: false\nm: {manage_etc_hosts: *n}\ncloud_final_modules: [a]\n"
