@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use super::containment;
 use super::format::{self, ImageFormat};
 use super::fstype::{self, FsKind};
 use super::interrupt;
@@ -19,8 +20,8 @@ use super::loopdev::{self, LoopDevice};
 use super::mount::Mount;
 use super::partition::{self, Partition, Table};
 use super::qemu::RawView;
-use crate::guest::cloudinit::effective::CLOUD_CFG;
 use crate::access::root::Root;
+use crate::guest::cloudinit::effective::CLOUD_CFG;
 
 /// What a run worked on, for every report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +85,15 @@ impl OpenedImage {
 /// `etc/cloud/cloud.cfg`, or `partition` when given. Read-only unless
 /// `writable`; a read-only pass never replays a journal, so the image file
 /// stays byte-identical.
-pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<OpenedImage> {
+/// With `allow_backing`, a qcow2 or vmdk overlay may read its backing chain
+/// (regular files only, read-only); without it, an image that names any file
+/// outside itself is refused before qemu sees it.
+pub fn open(
+    path: &Path,
+    writable: bool,
+    partition: Option<u32>,
+    allow_backing: bool,
+) -> Result<OpenedImage> {
     preflight()?;
     let display = path.display().to_string();
     let mut image = OpenOptions::new()
@@ -114,7 +123,8 @@ pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Opene
     let raw_path = if format == ImageFormat::Raw {
         path.to_path_buf()
     } else {
-        let view = RawView::start(path, format, writable)?;
+        let layers = containment::layers(path, &image, format, allow_backing)?;
+        let view = RawView::start(&layers, writable)?;
         let raw_path = view.path().to_path_buf();
         opened.view = Some(view);
         raw_path
