@@ -75,6 +75,11 @@ impl World {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/cloud-cfg/tencent-centos-rhel8.5.cfg");
         std::fs::copy(fixture, tree.join(CLOUD_CFG)).unwrap();
+        self.filesystem_of(&tree, name)
+    }
+
+    /// A raw ext4 filesystem `name` holding the directory `tree`.
+    fn filesystem_of(&self, tree: &Path, name: &str) -> PathBuf {
         let image = self.path(name);
         sparse_file(&image, 64 * MIB);
         run(
@@ -85,7 +90,7 @@ impl World {
                 "-t",
                 "ext4",
                 "-d",
-                path_str(&tree),
+                path_str(tree),
                 path_str(&image),
             ],
         );
@@ -795,4 +800,200 @@ fn seeds_are_read_as_qemu_reads_them() {
     assert_eq!(overlays.len(), 1, "{named:?}");
     assert_eq!(overlays[0].name, "base.qcow2");
     assert_eq!(overlays[0].format.as_deref(), Some("qcow2"));
+}
+
+// ---------------------------------------------------------------------------
+// Image-side messages.
+
+#[test]
+fn truncated_qcow2_is_reported_as_truncated() {
+    let world = World::new();
+    let disk = world.filesystem("whole.img");
+    let image = world.path("cut.qcow2");
+    qemu_img(&["convert", "-O", "qcow2", path_str(&disk), path_str(&image)]);
+    let full = std::fs::metadata(&image).unwrap().len();
+    let cut = (full / 2).next_multiple_of(65536);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    assert_refused(
+        &world,
+        &image,
+        &[],
+        &format!("the qcow2 file is {cut} bytes but its cluster map points at byte "),
+        &[&image],
+    );
+    let out = world.run(&["status", path_str(&image)]);
+    assert!(
+        out.stderr
+            .trim_end()
+            .ends_with(": the image is truncated (re-copy or re-download it)"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn dangling_cloud_cfg_link_in_an_image_is_named() {
+    let world = World::new();
+    let tree = world.path("tree");
+    std::fs::create_dir_all(tree.join("etc/cloud/cloud.cfg.d")).unwrap();
+    std::os::unix::fs::symlink("/usr/share/cloud/gone.cfg", tree.join(CLOUD_CFG)).unwrap();
+    let image = world.filesystem_of(&tree, "dangling.img");
+    assert_refused(
+        &world,
+        &image,
+        &[],
+        "partition 0 has /etc/cloud/cloud.cfg, but it is a symbolic link to /usr/share/cloud/gone.cfg, which does not exist in the image (links are followed inside the image, never on the host): fix the link in the image",
+        &[&image],
+    );
+}
+
+#[test]
+fn partition_on_a_directory_is_a_usage_error() {
+    let world = World::new();
+    let root = world.path("root");
+    std::fs::create_dir_all(root.join("etc/cloud")).unwrap();
+    for args in [
+        &["status", "--partition", "1"][..],
+        &["--keep", "hostname", "--partition", "1"],
+    ] {
+        let mut args = args.to_vec();
+        args.push(path_str(&root));
+        let out = world.run(&args);
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.starts_with(&format!(
+                "error: --partition applies to image files, and {} is a directory\n",
+                path_str(&root)
+            )),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn os_error_text_is_shown_once() {
+    // A cloud.cfg that is a mountpoint cannot be replaced: rename(2) says
+    // EBUSY. The bind mount lives in a mount namespace of its own.
+    let world = World::new();
+    let root = world.path("root");
+    std::fs::create_dir_all(root.join("etc/cloud")).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/cloud-cfg/tencent-centos-rhel8.5.cfg");
+    std::fs::copy(&fixture, root.join(CLOUD_CFG)).unwrap();
+    let other = world.path("other.cfg");
+    std::fs::copy(&fixture, &other).unwrap();
+    let binary = assert_cmd::cargo::cargo_bin("prepare-image");
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$2" && exec "$3" --keep hostname "$4""#)
+        .args([
+            "sh",
+            path_str(&other),
+            path_str(&root.join(CLOUD_CFG)),
+            path_str(&binary),
+            path_str(&root),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: cannot write {}: Device or resource busy (os error 16)",
+            path_str(&root.join(CLOUD_CFG))
+        )
+    );
+}
+
+/// Processes whose arguments name a path of this world (a daemon of a run).
+fn processes_of(world: &World) -> Vec<String> {
+    let ours = world.dir.path().display().to_string();
+    let own = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own {
+                return None;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&ours).then(|| format!("{pid}: {cmdline}"))
+        })
+        .collect()
+}
+
+fn temp_entries(world: &World) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&world.tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn temp_directories_of_a_killed_run_are_removed_by_the_next_run() {
+    use std::io::{BufRead as _, BufReader};
+    let world = World::new();
+    let disk = world.filesystem("plain.img");
+    let image = world.path("killed.qcow2");
+    qemu_img(&["convert", "-O", "qcow2", path_str(&disk), path_str(&image)]);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("prepare-image"))
+        .env("TMPDIR", &world.tmp)
+        .env("PREPARE_IMAGE_PAUSE", "attached")
+        .args(["status", path_str(&image)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("prepare-image: paused at attached"),
+        "{line}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The daemon follows its parent (PR_SET_PDEATHSIG).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !processes_of(&world).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            processes_of(&world)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = temp_entries(&world);
+    assert!(
+        left.iter().any(|n| n.starts_with("prepare-image-mnt."))
+            && left.iter().any(|n| n.starts_with("prepare-image-view.")),
+        "what a SIGKILL leaves: {left:?}"
+    );
+    // Not ours to touch: a live run's directory, and anything with content.
+    let live = world
+        .tmp
+        .join(format!("prepare-image-mnt.{}.Live01", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
+    let full = world.tmp.join("prepare-image-view.999999999.Full01");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("raw"), "data").unwrap();
+
+    let out = world.run(&["status", path_str(&image)]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        temp_entries(&world),
+        [
+            "prepare-image-mnt.".to_string() + &std::process::id().to_string() + ".Live01",
+            "prepare-image-view.999999999.Full01".to_string(),
+        ]
+    );
 }

@@ -11,3 +11,4 @@ pub mod mount;
 pub mod open;
 pub mod partition;
 pub mod qemu;
+pub mod tempdirs;

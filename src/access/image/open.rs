@@ -95,6 +95,7 @@ pub fn open(
     allow_backing: bool,
 ) -> Result<OpenedImage> {
     preflight()?;
+    super::tempdirs::sweep_stale();
     let display = path.display().to_string();
     let mut image = OpenOptions::new()
         .read(true)
@@ -292,7 +293,18 @@ fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()>
     }
 }
 
-/// Probes every mountable partition read-only for `etc/cloud/cloud.cfg`.
+/// What `etc/cloud/cloud.cfg` says when it is a symbolic link to nothing
+/// (the link as written). The directory is resolved inside the root first,
+/// so reading the link from the mountpoint follows no link of the image.
+fn dangling_link_target(root: &Root, mountpoint: &Path) -> Option<PathBuf> {
+    let cfg = Path::new(CLOUD_CFG);
+    if root.exists(cfg) {
+        return None;
+    }
+    let dir = root.resolve(cfg.parent()?).ok()?;
+    std::fs::read_link(mountpoint.join(dir).join(cfg.file_name()?)).ok()
+}
+
 /// A partition probed read-only and still mounted, so a read-only run can
 /// use it as it is instead of attaching and mounting it a second time.
 type Probe = (LoopDevice, Mount);
@@ -308,6 +320,9 @@ fn find_root(
 ) -> Result<(Partition, FsKind, Option<Probe>)> {
     let mut candidates = Vec::new();
     let mut kept: Option<Probe> = None;
+    // A partition whose cloud.cfg is a link to nothing: the likely root,
+    // named when no partition holds a readable cloud.cfg.
+    let mut dangling: Option<(u32, PathBuf)> = None;
     for (p, kind) in kinds {
         let Some(fstype) = kind.mount_type() else {
             continue;
@@ -322,9 +337,18 @@ fn find_root(
                 continue;
             }
         };
-        let found = Root::open(mount.path())
-            .map(|r| r.exists(Path::new(CLOUD_CFG)))
-            .unwrap_or(false);
+        let root = Root::open(mount.path()).ok();
+        let found = root
+            .as_ref()
+            .is_some_and(|r| r.exists(Path::new(CLOUD_CFG)));
+        if !found
+            && let Some(target) = root
+                .as_ref()
+                .and_then(|r| dangling_link_target(r, mount.path()))
+        {
+            dangling.get_or_insert((p.number, target));
+        }
+        drop(root);
         if found && keep_probe && kept.is_none() {
             kept = Some((device, mount));
         } else {
@@ -347,6 +371,12 @@ fn find_root(
                 .find(|(_, k)| matches!(k, FsKind::Lvm2Pv | FsKind::Luks))
             {
                 refuse_unmountable(display, p, kind)?;
+            }
+            if let Some((number, target)) = dangling {
+                bail!(
+                    "{display}: partition {number} has /{CLOUD_CFG}, but it is a symbolic link to {}, which does not exist in the image (links are followed inside the image, never on the host): fix the link in the image",
+                    target.display()
+                );
             }
             bail!(
                 "{display}: no partition holds /{CLOUD_CFG} (partitions: {}); is cloud-init installed in this image?",

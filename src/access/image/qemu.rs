@@ -47,8 +47,7 @@ impl RawView {
             None => bail!("no image given to {DAEMON}"),
         };
         super::mount::enter_private_namespace()?;
-        let dir = nix::unistd::mkdtemp(&std::env::temp_dir().join("prepare-image-view.XXXXXX"))
-            .context("creating a temp directory for the raw view")?;
+        let dir = super::tempdirs::create("view")?;
         let raw = dir.join("raw");
         std::fs::File::create(&raw).with_context(|| format!("creating {}", raw.display()))?;
         let mut view = RawView {
