@@ -245,3 +245,61 @@ fn unescape_mountinfo(field: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::image::format::ImageFormat;
+
+    fn layer(path: &str, format: ImageFormat) -> Layer {
+        Layer {
+            path: PathBuf::from(path),
+            format,
+        }
+    }
+
+    #[test]
+    fn a_single_image_gets_an_explicit_null_backing() {
+        let graph = blockdev(&[layer("/i/disk.qcow2", ImageFormat::Qcow2)], true).unwrap();
+        assert_eq!(
+            graph,
+            serde_json::json!({
+                "driver": "qcow2",
+                "node-name": "image",
+                "read-only": false,
+                "file": {"driver": "file", "filename": "/i/disk.qcow2", "read-only": false},
+                "backing": null,
+            })
+        );
+    }
+
+    #[test]
+    fn backing_files_are_read_only_and_the_chain_ends_in_null() {
+        let graph = blockdev(
+            &[
+                layer("/i/top.qcow2", ImageFormat::Qcow2),
+                layer("/i/mid.vmdk", ImageFormat::Vmdk),
+                layer("/i/base,1.img", ImageFormat::Raw),
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(graph["read-only"], false);
+        let mid = &graph["backing"];
+        assert_eq!(mid["driver"], "vmdk");
+        assert_eq!(mid["read-only"], true);
+        assert_eq!(mid["file"]["read-only"], true);
+        let base = &mid["backing"];
+        assert_eq!(
+            base,
+            &serde_json::json!({
+                "driver": "raw",
+                "read-only": true,
+                "file": {"driver": "file", "filename": "/i/base,1.img", "read-only": true},
+            })
+        );
+        // Read-only runs write nothing at all.
+        let graph = blockdev(&[layer("/i/top.qcow2", ImageFormat::Qcow2)], false).unwrap();
+        assert_eq!(graph["read-only"], true);
+    }
+}
