@@ -75,25 +75,18 @@ impl World {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/cloud-cfg/tencent-centos-rhel8.5.cfg");
         std::fs::copy(fixture, tree.join(CLOUD_CFG)).unwrap();
-        self.filesystem_of(&tree, name)
+        self.filesystem_of(&tree, name, &[])
     }
 
-    /// A raw ext4 filesystem `name` holding the directory `tree`.
-    fn filesystem_of(&self, tree: &Path, name: &str) -> PathBuf {
+    /// A raw ext4 filesystem `name` holding the directory `tree`, made with
+    /// the `extra` options of mke2fs.
+    fn filesystem_of(&self, tree: &Path, name: &str, extra: &[&str]) -> PathBuf {
         let image = self.path(name);
         sparse_file(&image, 64 * MIB);
-        run(
-            "mke2fs",
-            &[
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-d",
-                path_str(tree),
-                path_str(&image),
-            ],
-        );
+        let mut args = vec!["-q", "-F", "-t", "ext4"];
+        args.extend_from_slice(extra);
+        args.extend(["-d", path_str(tree), path_str(&image)]);
+        run("mke2fs", &args);
         image
     }
 
@@ -841,7 +834,7 @@ fn dangling_cloud_cfg_link_in_an_image_is_named() {
     let tree = world.path("tree");
     std::fs::create_dir_all(tree.join("etc/cloud/cloud.cfg.d")).unwrap();
     std::os::unix::fs::symlink("/usr/share/cloud/gone.cfg", tree.join(CLOUD_CFG)).unwrap();
-    let image = world.filesystem_of(&tree, "dangling.img");
+    let image = world.filesystem_of(&tree, "dangling.img", &[]);
     assert_refused(
         &world,
         &image,
@@ -995,5 +988,43 @@ fn temp_directories_of_a_killed_run_are_removed_by_the_next_run() {
             "prepare-image-mnt.".to_string() + &std::process::id().to_string() + ".Live01",
             "prepare-image-view.999999999.Full01".to_string(),
         ]
+    );
+}
+
+#[test]
+fn ext4_with_its_journal_on_another_device_is_refused() {
+    // The superblock names the journal device by number; a read-write mount
+    // would open that host device and write the journal to it.
+    let world = World::new();
+    let journal = world.path("journal.img");
+    sparse_file(&journal, 16 * MIB);
+    run(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-O",
+            "journal_dev",
+            path_str(&journal),
+        ],
+    );
+    let device = LoopDevice::attach(&journal, &[]);
+    let tree = world.path("tree");
+    std::fs::create_dir_all(tree.join("etc/cloud")).unwrap();
+    std::fs::write(tree.join(CLOUD_CFG), "preserve_hostname: false\n").unwrap();
+    let journal_option = format!("device={}", device.path);
+    let image = world.filesystem_of(
+        &tree,
+        "external-journal.img",
+        &["-b", "4096", "-J", &journal_option],
+    );
+    assert_refused(
+        &world,
+        &image,
+        &[],
+        "partition 0 is ext4 with its journal on another device; mounting it would open that device on this host, so prepare-image does not",
+        &[&journal, &image],
     );
 }

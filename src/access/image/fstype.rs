@@ -26,6 +26,10 @@ pub enum FsKind {
     Ext {
         version: u8,
     },
+    /// ext3/4 whose journal lives on another device (`mke2fs -J device=`):
+    /// a read-write mount opens that device, named by its number in the
+    /// superblock, on the host. Never mounted.
+    ExtExternalJournal,
     Xfs,
     Btrfs,
     /// An LVM2 physical volume: the root filesystem is inside a logical
@@ -71,6 +75,7 @@ impl FsKind {
             FsKind::Ext { version: 2 } => "ext2",
             FsKind::Ext { version: 3 } => "ext3",
             FsKind::Ext { .. } => "ext4",
+            FsKind::ExtExternalJournal => "ext4 with an external journal",
             FsKind::Xfs => "xfs",
             FsKind::Btrfs => "btrfs",
             FsKind::Lvm2Pv => "LVM2 physical volume",
@@ -263,6 +268,12 @@ fn ext(sb: &[u8]) -> Option<FsKind> {
     if incompat & INCOMPAT_JOURNAL_DEV != 0 {
         return Some(FsKind::Unknown);
     }
+    // A journal but no journal inode: the kernel takes the journal device
+    // from s_journal_dev (as ext4_load_journal does).
+    let journal_inode = le32(0xE0);
+    if compat & COMPAT_HAS_JOURNAL != 0 && journal_inode == 0 {
+        return Some(FsKind::ExtExternalJournal);
+    }
     let version = if incompat & !INCOMPAT_EXT3 != 0 || ro_compat & !RO_COMPAT_EXT3 != 0 {
         4
     } else if compat & COMPAT_HAS_JOURNAL != 0 {
@@ -290,6 +301,8 @@ mod tests {
         b[sb + 0x5C..sb + 0x60].copy_from_slice(&compat.to_le_bytes());
         b[sb + 0x60..sb + 0x64].copy_from_slice(&incompat.to_le_bytes());
         b[sb + 0x64..sb + 0x68].copy_from_slice(&ro_compat.to_le_bytes());
+        // An internal journal is inode 8.
+        b[sb + 0xE0..sb + 0xE4].copy_from_slice(&8u32.to_le_bytes());
         b
     }
 
@@ -306,6 +319,11 @@ mod tests {
         assert_eq!(classify(&ext_sb(0, 0x2, 0x403)), FsKind::Ext { version: 4 });
         // external journal device
         assert_eq!(classify(&ext_sb(0, 0x8, 0)), FsKind::Unknown);
+        // a filesystem whose journal is on another device
+        let mut external = ext_sb(0x4, 0x42, 0x3);
+        external[1024 + 0xE0..1024 + 0xE4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(classify(&external), FsKind::ExtExternalJournal);
+        assert_eq!(FsKind::ExtExternalJournal.mount_type(), None);
     }
 
     #[test]

@@ -279,6 +279,10 @@ fn describe(kinds: &[(Partition, FsKind)]) -> String {
 
 fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()> {
     match kind {
+        FsKind::ExtExternalJournal => bail!(
+            "{display}: partition {} is ext4 with its journal on another device; mounting it would open that device on this host, so prepare-image does not (give it an internal journal first, on a copy: tune2fs -f -O ^has_journal, then tune2fs -j)",
+            p.number
+        ),
         FsKind::Lvm2Pv | FsKind::Luks => bail!(
             "{display}: partition {} is {}; a root filesystem inside LVM or LUKS is not supported yet (edit it from a running system or a chroot)",
             p.number,
@@ -366,10 +370,12 @@ fn find_root(
             Ok((p, kind, kept))
         }
         0 => {
-            if let Some((p, kind)) = kinds
-                .iter()
-                .find(|(_, k)| matches!(k, FsKind::Lvm2Pv | FsKind::Luks))
-            {
+            if let Some((p, kind)) = kinds.iter().find(|(_, k)| {
+                matches!(
+                    k,
+                    FsKind::Lvm2Pv | FsKind::Luks | FsKind::ExtExternalJournal
+                )
+            }) {
                 refuse_unmountable(display, p, kind)?;
             }
             if let Some((number, target)) = dangling {
