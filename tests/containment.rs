@@ -1028,3 +1028,40 @@ fn ext4_with_its_journal_on_another_device_is_refused() {
         &[&journal, &image],
     );
 }
+
+#[test]
+fn btrfs_spanning_several_devices_is_refused() {
+    // The kernel assembles a multi-device btrfs from every device with the
+    // same filesystem id it has seen: a host disk (here a loop device) of
+    // that id would become part of the image's filesystem and be written.
+    let world = World::new();
+    let image = world.path("first.img");
+    let host = world.path("host-second.img");
+    // mkfs.btrfs 6.2 wants 125 MiB per device.
+    for file in [&image, &host] {
+        sparse_file(file, 130 * MIB);
+    }
+    run(
+        "mkfs.btrfs",
+        &[
+            "-q",
+            "-f",
+            "-d",
+            "raid1",
+            "-m",
+            "raid1",
+            path_str(&image),
+            path_str(&host),
+        ],
+    );
+    let device = LoopDevice::attach(&host, &[]);
+    run("btrfs", &["device", "scan", &device.path]);
+    assert_refused(
+        &world,
+        &image,
+        &[],
+        "partition 0 is btrfs spanning several devices; the kernel would assemble it with any device of the same filesystem id on this host, so prepare-image does not mount it",
+        &[&image, &host],
+    );
+    run("btrfs", &["device", "scan", "--forget", &device.path]);
+}

@@ -32,6 +32,10 @@ pub enum FsKind {
     ExtExternalJournal,
     Xfs,
     Btrfs,
+    /// btrfs spanning several devices (or a sprout on a seed device): the
+    /// kernel assembles it from any device with the same filesystem id it
+    /// has seen, host devices included. Never mounted.
+    BtrfsMultiDevice,
     /// An LVM2 physical volume: the root filesystem is inside a logical
     /// volume, which needs device-mapper to reach.
     Lvm2Pv,
@@ -78,6 +82,7 @@ impl FsKind {
             FsKind::ExtExternalJournal => "ext4 with an external journal",
             FsKind::Xfs => "xfs",
             FsKind::Btrfs => "btrfs",
+            FsKind::BtrfsMultiDevice => "btrfs on several devices",
             FsKind::Lvm2Pv => "LVM2 physical volume",
             FsKind::Luks => "LUKS",
             FsKind::Swap => "swap",
@@ -119,9 +124,11 @@ impl std::fmt::Display for FsKind {
     }
 }
 
-/// How much we read: enough for btrfs's magic at 0x10040 and for a swap
-/// signature on a 64 KiB page (65536 - 10).
-const PROBE_LEN: usize = 0x10040 + 8;
+/// How much we read: enough for btrfs's magic at 0x10040 and its device
+/// count at 0x10088, and for a swap signature on a 64 KiB page (65536 - 10).
+const PROBE_LEN: usize = BTRFS_NUM_DEVICES + 8;
+/// `num_devices` of the btrfs superblock (at 64 KiB).
+const BTRFS_NUM_DEVICES: usize = 0x10088;
 
 /// Page sizes whose swap signature we look for (the signature sits in the
 /// last 10 bytes of the first page): x86 and most others use 4 KiB, arm64
@@ -206,7 +213,16 @@ fn classify(b: &[u8]) -> FsKind {
         return FsKind::Xfs;
     }
     if at(0x10040, b"_BHRfS_M") {
-        return FsKind::Btrfs;
+        let devices = u64::from_le_bytes(
+            b[BTRFS_NUM_DEVICES..BTRFS_NUM_DEVICES + 8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        return if devices == 1 {
+            FsKind::Btrfs
+        } else {
+            FsKind::BtrfsMultiDevice
+        };
     }
     if at(3, b"NTFS    ") {
         return FsKind::Ntfs;
@@ -324,6 +340,21 @@ mod tests {
         external[1024 + 0xE0..1024 + 0xE4].copy_from_slice(&0u32.to_le_bytes());
         assert_eq!(classify(&external), FsKind::ExtExternalJournal);
         assert_eq!(FsKind::ExtExternalJournal.mount_type(), None);
+    }
+
+    #[test]
+    fn btrfs_on_one_device_only_is_mountable() {
+        let mut b = blank();
+        b[0x10040..0x10048].copy_from_slice(b"_BHRfS_M");
+        for (devices, kind) in [
+            (1u64, FsKind::Btrfs),
+            (2, FsKind::BtrfsMultiDevice),
+            (0, FsKind::BtrfsMultiDevice),
+        ] {
+            b[BTRFS_NUM_DEVICES..BTRFS_NUM_DEVICES + 8].copy_from_slice(&devices.to_le_bytes());
+            assert_eq!(classify(&b), kind);
+        }
+        assert_eq!(FsKind::BtrfsMultiDevice.mount_type(), None);
     }
 
     #[test]

@@ -283,6 +283,10 @@ fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()>
             "{display}: partition {} is ext4 with its journal on another device; mounting it would open that device on this host, so prepare-image does not (give it an internal journal first, on a copy: tune2fs -f -O ^has_journal, then tune2fs -j)",
             p.number
         ),
+        FsKind::BtrfsMultiDevice => bail!(
+            "{display}: partition {} is btrfs spanning several devices; the kernel would assemble it with any device of the same filesystem id on this host, so prepare-image does not mount it (make a single-device copy first)",
+            p.number
+        ),
         FsKind::Lvm2Pv | FsKind::Luks => bail!(
             "{display}: partition {} is {}; a root filesystem inside LVM or LUKS is not supported yet (edit it from a running system or a chroot)",
             p.number,
@@ -373,7 +377,10 @@ fn find_root(
             if let Some((p, kind)) = kinds.iter().find(|(_, k)| {
                 matches!(
                     k,
-                    FsKind::Lvm2Pv | FsKind::Luks | FsKind::ExtExternalJournal
+                    FsKind::Lvm2Pv
+                        | FsKind::Luks
+                        | FsKind::ExtExternalJournal
+                        | FsKind::BtrfsMultiDevice
                 )
             }) {
                 refuse_unmountable(display, p, kind)?;
