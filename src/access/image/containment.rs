@@ -386,10 +386,13 @@ fn vmdk_descriptor_file(descriptor: &[u8]) -> Result<Container, Refusal> {
                 .any(|access| line.split_whitespace().next() == Some(access))
         })
         .map(|line| {
-            line.split_whitespace()
-                .skip(2)
-                .collect::<Vec<_>>()
-                .join(" ")
+            escape_controls(
+                &line
+                    .split_whitespace()
+                    .skip(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
         })
         .collect();
     let shown: Vec<&str> = extents.iter().take(3).map(String::as_str).collect();
@@ -623,7 +626,7 @@ pub fn layers(
     // name of the image that holds it.
     let mut naming = image.to_path_buf();
     while let Some(backing) = container.backing.take() {
-        let holder = naming.display().to_string();
+        let holder = shown(&naming);
         if !allow_backing {
             bail!(
                 "{display}: it is an overlay on the backing file {:?}, outside the image: prepare-image opens only the image's own file (pass --allow-backing to read the backing chain, read-only; or merge it with `qemu-img convert`)",
@@ -643,22 +646,22 @@ pub fn layers(
             anyhow::anyhow!(
                 "{display}: the backing file {:?} of {holder} ({}) cannot be opened: {e}",
                 backing.name,
-                resolved.display()
+                shown(&resolved)
             )
         })?;
         if !seen.insert(canonical.clone()) {
             bail!(
                 "{display}: its backing chain loops back to {}",
-                canonical.display()
+                shown(&canonical)
             );
         }
         let parent = open_regular(&canonical)
-            .map_err(|why| anyhow::anyhow!("{display}: the backing file {:?} of {holder} ({}) {why}: --allow-backing follows regular files only", backing.name, canonical.display()))?;
+            .map_err(|why| anyhow::anyhow!("{display}: the backing file {:?} of {holder} ({}) {why}: --allow-backing follows regular files only", backing.name, shown(&canonical)))?;
         let mut reader = parent;
         let detected = format::detect(&mut reader).map_err(|e| {
             anyhow::anyhow!(
                 "{display}: reading the backing file {}: {e}",
-                canonical.display()
+                shown(&canonical)
             )
         })?;
         let format = match backing.format.as_deref() {
@@ -668,18 +671,18 @@ pub fn layers(
                 Some(f) if f == detected => f,
                 Some(f) => bail!(
                     "{display}: {holder} declares its backing file {} as {} but its header says {}",
-                    canonical.display(),
+                    shown(&canonical),
                     f.name(),
                     detected.name()
                 ),
                 None => bail!(
                     "{display}: {holder} declares its backing file {} in the format {declared:?}, which prepare-image does not open",
-                    canonical.display()
+                    shown(&canonical)
                 ),
             },
         };
         container = inspect(&reader, format).map_err(|r| {
-            anyhow::anyhow!("{display}: its backing file {}: {r}", canonical.display())
+            anyhow::anyhow!("{display}: its backing file {}: {r}", shown(&canonical))
         })?;
         chain.push(Layer {
             path: canonical,
@@ -688,6 +691,25 @@ pub fn layers(
         naming = resolved;
     }
     Ok(chain)
+}
+
+/// A path for a message: paths built from names in an image may hold
+/// control characters (a newline, a terminal escape), shown escaped.
+fn shown(path: &Path) -> String {
+    escape_controls(&path.display().to_string())
+}
+
+fn escape_controls(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// A backing name as a path: relative names against the holder's directory.
@@ -741,4 +763,62 @@ fn open_regular(path: &Path) -> Result<File, String> {
         return Err("is not a regular file".into());
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_names_resolve_against_the_holder_and_never_name_a_protocol() {
+        let holder = Path::new("/images/top.qcow2");
+        assert_eq!(
+            resolve_backing(holder, "base.img"),
+            Ok(PathBuf::from("/images/base.img"))
+        );
+        assert_eq!(
+            resolve_backing(holder, "../b/base.img"),
+            Ok(PathBuf::from("/images/../b/base.img"))
+        );
+        assert_eq!(
+            resolve_backing(holder, "/srv/base.img"),
+            Ok(PathBuf::from("/srv/base.img"))
+        );
+        // A colon after a slash is part of a file name, as for qemu.
+        assert_eq!(
+            resolve_backing(holder, "./a:b"),
+            Ok(PathBuf::from("/images/./a:b"))
+        );
+        for name in [
+            "nbd:localhost:10809",
+            "json:{}",
+            "http://host/x",
+            "file:/etc/x",
+            "",
+        ] {
+            assert!(resolve_backing(holder, name).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn vmdk_parent_is_read_as_qemu_reads_it() {
+        let descriptor = b"CID=1\nparentCID=2\nparentFileNameHint=\"../base.vmdk\"\n";
+        assert_eq!(
+            vmdk_parent(descriptor),
+            Some(BackingName {
+                name: "../base.vmdk".into(),
+                format: Some("vmdk".into())
+            })
+        );
+        assert_eq!(vmdk_parent(b"parentCID=ffffffff\n"), None);
+        // Text after a NUL is not seen, as by qemu's strstr.
+        assert_eq!(vmdk_parent(b"x\0parentFileNameHint=\"a\""), None);
+    }
+
+    #[test]
+    fn names_from_an_image_cannot_break_a_message_line() {
+        let refusal = vmdk_descriptor_file(b"RW 8 FLAT \"/a\x1b[2Jb\r\" 0\n").unwrap_err();
+        assert!(!refusal.0.chars().any(char::is_control), "{}", refusal.0);
+        assert_eq!(shown(Path::new("/x/a\nb")), "/x/a\\nb");
+    }
 }
