@@ -21,8 +21,8 @@ use anyhow::{Result, bail};
 
 use super::format::{self, ImageFormat};
 
-/// The largest single read a header may ask for: qemu's own cap on a vmdk
-/// descriptor (1 MiB) and above qcow2's largest cluster (2 MiB).
+/// The largest single read a header may ask for: qcow2's largest cluster
+/// (2 MiB), above qemu's 1 MiB cap on a vmdk descriptor.
 const MAX_READ: u64 = 2 << 20;
 /// The longest backing chain followed with `--allow-backing`.
 pub const MAX_CHAIN: usize = 16;
@@ -95,8 +95,12 @@ fn read(
     len: u64,
     what: &str,
 ) -> Result<Vec<u8>, Refusal> {
-    let end = offset.checked_add(len);
-    if len > MAX_READ || end.is_none_or(|end| end > src.size()) {
+    if len > MAX_READ {
+        return refuse(format!(
+            "its {what} would be {len} bytes, more than any valid image has: the image is damaged"
+        ));
+    }
+    if offset.checked_add(len).is_none_or(|end| end > src.size()) {
         return refuse(format!(
             "its {what} (byte {offset}, {len} bytes) lies outside the file ({} bytes): the image is damaged or truncated",
             src.size()
