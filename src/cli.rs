@@ -78,6 +78,12 @@ pub struct KeepArgs {
     /// the one partition that holds etc/cloud/cloud.cfg).
     #[arg(long, value_name = "N")]
     pub partition: Option<u32>,
+
+    /// For a qcow2 or vmdk overlay: also read its backing files (regular
+    /// files only, never written). Without it, an image that names any file
+    /// outside itself is refused.
+    #[arg(long)]
+    pub allow_backing: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +113,11 @@ pub enum Command {
         /// For an image file: the partition holding the root filesystem.
         #[arg(long, value_name = "N")]
         partition: Option<u32>,
+
+        /// For a qcow2 or vmdk overlay: also read its backing files (regular
+        /// files only).
+        #[arg(long)]
+        allow_backing: bool,
     },
     /// List the profiles: what each edits and what it breaks.
     Profiles,
@@ -202,8 +213,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             report::profiles(out, &catalogue, cli.output.format)?;
             Ok(Outcome::Success)
         }
-        Some(Command::Status { target, partition }) => {
-            let target = Target::open(target, false, *partition)?;
+        Some(Command::Status {
+            target,
+            partition,
+            allow_backing,
+        }) => {
+            let target = Target::open(target, false, *partition, *allow_backing)?;
             let result = (|| {
                 let set = effective::load(target.root())?;
                 let states: Vec<_> = catalogue.iter().map(|p| setting_state(&set, p)).collect();
@@ -295,6 +310,7 @@ fn keep(
         &args.target,
         mode == Mode::Apply && !is_image,
         args.partition,
+        args.allow_backing,
     )?;
     let lock_mode = if mode == Mode::Apply {
         LockMode::Exclusive
@@ -309,7 +325,7 @@ fn keep(
             drop(lock);
             let partition = first.image().map(|i| i.partition).or(args.partition);
             first.close()?;
-            let target = Target::open(&args.target, true, partition)?;
+            let target = Target::open(&args.target, true, partition, args.allow_backing)?;
             match plan_on(&target, &selected, lock_mode) {
                 Ok(planned) => (target, planned),
                 Err(e) => return finish(target, Err(e)),
