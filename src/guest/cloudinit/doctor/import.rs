@@ -1,0 +1,309 @@
+//! What Tencent Cloud's import and a virtio instance need from the files:
+//! fstab without /dev/sdX names, no NIC pinned to the build machine's MAC,
+//! virtio drivers in the default kernel.
+
+use std::path::Path;
+
+use super::{Context, Id};
+use crate::doctor::Evidence;
+
+/// The drivers an instance needs, with their module file under lib/modules/VERSION/kernel.
+const VIRTIO: &[(&str, &str)] = &[
+    ("CONFIG_VIRTIO_PCI", "drivers/virtio/virtio_pci.ko"),
+    ("CONFIG_VIRTIO_BLK", "drivers/block/virtio_blk.ko"),
+    ("CONFIG_VIRTIO_NET", "drivers/net/virtio_net.ko"),
+];
+
+pub(super) fn check(ctx: &mut Context<'_>) {
+    let mut problem = false;
+    if let Some((path, text)) = ctx.read("etc/fstab") {
+        for (i, line) in text.lines().enumerate() {
+            let device = line.split_whitespace().next().unwrap_or("");
+            if is_unstable_disk_name(device) {
+                problem = true;
+                ctx.report(
+                    Id::FstabDeviceName,
+                    device.to_string(),
+                    Some(Evidence::line(&path, i + 1)),
+                    None,
+                );
+            }
+        }
+    }
+    if let Some((path, text)) = ctx.read("etc/udev/rules.d/70-persistent-net.rules") {
+        for (i, line) in text.lines().enumerate() {
+            if !line.trim_start().starts_with('#') && line.contains("ATTR{address}==") {
+                problem = true;
+                let name = line
+                    .split("NAME=")
+                    .nth(1)
+                    .map(|n| n.trim().trim_matches('"'))
+                    .unwrap_or("");
+                ctx.report(
+                    Id::NicPinnedToMac,
+                    format!("udev rule names {name}"),
+                    Some(Evidence::line(&path, i + 1)),
+                    Some(format!("rm /{}", path.display())),
+                );
+            }
+        }
+    }
+    let scripts = "etc/sysconfig/network-scripts";
+    for name in ctx
+        .names(scripts)
+        .into_iter()
+        .filter(|n| n.starts_with("ifcfg-") && n != "ifcfg-lo")
+    {
+        let Some((path, text)) = ctx.read(&format!("{scripts}/{name}")) else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if let Some(mac) = line.strip_prefix("HWADDR=")
+                && !mac.trim_matches(['"', '\'']).is_empty()
+            {
+                problem = true;
+                ctx.report(
+                    Id::NicPinnedToMac,
+                    format!("{name}: {line}"),
+                    Some(Evidence::line(&path, i + 1)),
+                    None,
+                );
+            }
+        }
+    }
+    if !problem {
+        ctx.report(Id::ImportFilesOk, String::new(), None, None);
+    }
+    check_virtio(ctx);
+}
+
+/// `/dev/sda1`, `/dev/hdb`: names that change when the disk is virtio.
+fn is_unstable_disk_name(device: &str) -> bool {
+    let Some(rest) = device
+        .strip_prefix("/dev/sd")
+        .or_else(|| device.strip_prefix("/dev/hd"))
+    else {
+        return false;
+    };
+    rest.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+/// Orders kernel versions as people read them: `5.10.0-9` < `5.10.0-10`.
+fn version_key(version: &str) -> Vec<(u64, String)> {
+    version
+        .split(['.', '-', '_', '+'])
+        .map(|part| {
+            let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+            (
+                digits.parse().unwrap_or(0),
+                part[digits.len()..].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn check_virtio(ctx: &mut Context<'_>) {
+    // The default kernel: the newest, which is what grub's first entry boots.
+    let Some(version) = ctx
+        .names("boot")
+        .into_iter()
+        .filter_map(|n| n.strip_prefix("config-").map(str::to_string))
+        .max_by_key(|v| version_key(v))
+    else {
+        ctx.report(Id::KernelConfigNotFound, "no boot/config-*", None, None);
+        return;
+    };
+    let Some((path, text)) = ctx.read(&format!("boot/config-{version}")) else {
+        ctx.report(
+            Id::KernelConfigNotFound,
+            format!("boot/config-{version} is not readable"),
+            None,
+            None,
+        );
+        return;
+    };
+    let modules = format!("lib/modules/{version}/kernel");
+    let mut as_modules = Vec::new();
+    let mut problem = false;
+    for (option, module) in VIRTIO {
+        let setting = text.lines().enumerate().find_map(|(i, line)| {
+            let value = line.strip_prefix(option)?.strip_prefix('=')?;
+            Some((i + 1, value.trim().to_string()))
+        });
+        match setting {
+            Some((_, value)) if value == "y" => {}
+            Some((line, value)) if value == "m" => {
+                let module_path = Path::new(&modules).join(module);
+                let dir = module_path
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let file = module_path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                // Any compression: .ko, .ko.xz, .ko.zst, .ko.gz.
+                if ctx.names(&dir).iter().any(|n| n.starts_with(&file)) {
+                    as_modules.push(option.to_string());
+                } else {
+                    problem = true;
+                    ctx.report(
+                        Id::VirtioMissing,
+                        format!(
+                            "{option}=m, but {}* is not in the image",
+                            module_path.display()
+                        ),
+                        Some(Evidence::line(&path, line)),
+                        None,
+                    );
+                }
+            }
+            Some((line, value)) => {
+                problem = true;
+                ctx.report(
+                    Id::VirtioMissing,
+                    format!("{option}={value}"),
+                    Some(Evidence::line(&path, line)),
+                    None,
+                );
+            }
+            None => {
+                problem = true;
+                ctx.report(
+                    Id::VirtioMissing,
+                    format!("{option} is not set"),
+                    Some(Evidence::file(&path)),
+                    None,
+                );
+            }
+        }
+    }
+    if !problem {
+        let detail = if as_modules.is_empty() {
+            format!("{version}: built in")
+        } else {
+            // Reading the initramfs (cpio, compressed, early microcode part) is not done yet.
+            format!(
+                "{version}: {} as modules (their presence in the initramfs is not checked yet)",
+                as_modules.join(", ")
+            )
+        };
+        ctx.report(Id::VirtioPresent, detail, None, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use crate::doctor::Severity;
+
+    #[test]
+    fn kernel_versions_sort_numerically() {
+        let mut v = vec!["5.10.0-10-amd64", "5.10.0-9-amd64", "4.19.0-21-amd64"];
+        v.sort_by_key(|s| version_key(s));
+        assert_eq!(v, ["4.19.0-21-amd64", "5.10.0-9-amd64", "5.10.0-10-amd64"]);
+    }
+
+    #[test]
+    fn fstab_naming_sd_or_hd_disks_is_an_error_at_its_line() {
+        let t = Tree::debian();
+        t.file("etc/fstab", "# /dev/sda1 in a comment\nUUID=1 / ext4 defaults 0 1\n/dev/sda2 /data ext4 defaults 0 2\n/dev/hdb1 none swap sw 0 0\n/dev/vdb1 /x ext4 defaults 0 0\n");
+        assert_eq!(
+            problems(&t.diagnose()),
+            vec![
+                (
+                    "fstab-device-name".into(),
+                    Severity::Error,
+                    Some("etc/fstab:3".into())
+                ),
+                (
+                    "fstab-device-name".into(),
+                    Severity::Error,
+                    Some("etc/fstab:4".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn nics_pinned_to_a_mac_are_warnings() {
+        let t = Tree::debian();
+        t.file(
+            "etc/udev/rules.d/70-persistent-net.rules",
+            "# generated\nSUBSYSTEM==\"net\", ACTION==\"add\", ATTR{address}==\"52:54:00:12:34:56\", NAME=\"eth0\"\n",
+        )
+        .file("etc/sysconfig/network-scripts/ifcfg-eth0", "DEVICE=eth0\nHWADDR=52:54:00:12:34:56\n")
+        .file("etc/sysconfig/network-scripts/ifcfg-eth1", "DEVICE=eth1\nHWADDR=\n");
+        assert_eq!(
+            problems(&t.diagnose()),
+            vec![
+                (
+                    "nic-pinned-to-mac".into(),
+                    Severity::Warning,
+                    Some("etc/udev/rules.d/70-persistent-net.rules:2".into())
+                ),
+                (
+                    "nic-pinned-to-mac".into(),
+                    Severity::Warning,
+                    Some("etc/sysconfig/network-scripts/ifcfg-eth0:2".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn virtio_is_checked_in_the_newest_kernel_config_and_its_modules() {
+        let t = Tree::debian();
+        // An older kernel without virtio does not matter; the newest decides.
+        t.file(
+            "boot/config-5.10.0-9-amd64",
+            "# CONFIG_VIRTIO_BLK is not set\n",
+        )
+        .file(
+            "boot/config-6.1.0-13-amd64",
+            "CONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO_BLK=m\n# CONFIG_VIRTIO_NET is not set\n",
+        );
+        assert_eq!(
+            problems(&t.diagnose()),
+            vec![
+                (
+                    "virtio-driver-missing".into(),
+                    Severity::Error,
+                    Some("boot/config-6.1.0-13-amd64:2".into())
+                ),
+                (
+                    "virtio-driver-missing".into(),
+                    Severity::Error,
+                    Some("boot/config-6.1.0-13-amd64".into())
+                ),
+            ]
+        );
+        t.file(
+            "boot/config-6.1.0-13-amd64",
+            "CONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO_BLK=m\nCONFIG_VIRTIO_NET=y\n",
+        )
+        .file(
+            "usr/lib/modules/6.1.0-13-amd64/kernel/drivers/block/virtio_blk.ko.xz",
+            "",
+        );
+        let findings = t.diagnose();
+        assert_eq!(problems(&findings), vec![]);
+        assert!(
+            the(&findings, "virtio-drivers-present")
+                .detail
+                .contains("CONFIG_VIRTIO_BLK as modules")
+        );
+    }
+
+    #[test]
+    fn no_kernel_config_is_a_warning() {
+        let t = Tree::debian();
+        t.remove("boot/config-6.1.0-13-amd64");
+        assert_eq!(
+            problems(&t.diagnose()),
+            vec![("kernel-config-not-found".into(), Severity::Warning, None)]
+        );
+    }
+}
