@@ -1,6 +1,9 @@
 //! Command-line interface: the flags, and the run that ties profiles, the
 //! effective configuration, the plan, the root and the report together.
 
+mod clean;
+mod doctor;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -28,7 +31,7 @@ use crate::access::target::Target;
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Exit codes: 0 done or nothing to do (--dry-run: always 0), 1 error, 2 usage error, 3 changes pending (--check), 128+N stopped by signal N."
+    after_help = "Exit codes: 0 done or nothing to do (--dry-run: always 0), 1 error, 2 usage error, 3 changes pending (--check), 4 doctor found errors, 128+N stopped by signal N."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -100,6 +103,12 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         partition: Option<u32>,
     },
+    /// Find, offline, everything that will break cloud-init at first boot
+    /// (or the cloud's import): exit 4 when an error is found.
+    Doctor(DoctorArgs),
+    /// Remove what the build machine's boot left: cloud-init's state and
+    /// logs; with flags, the machine id, SSH host keys, rendered network files.
+    Clean(CleanArgs),
     /// List the profiles: what each edits and what it breaks.
     Profiles,
     /// Print a shell completion script (e.g. `prepare-image completions bash >
@@ -110,6 +119,52 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `prepare-image man | man -l -`.
     Man,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The image's root directory (or / for the live system), or an image file.
+    #[arg(value_name = "TARGET", default_value = "/")]
+    pub target: PathBuf,
+
+    /// For an image file: the partition holding the root filesystem.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+
+    /// Also list the checks that passed.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Repair what doctor can (the shebangs of cloud-init's commands), then check again.
+    #[arg(long)]
+    pub fix: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// The image's root directory (or / for the live system), or an image file.
+    #[arg(value_name = "TARGET", default_value = "/")]
+    pub target: PathBuf,
+
+    /// For an image file: the partition holding the root filesystem.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+
+    /// List every path and its size; remove nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Empty /etc/machine-id and remove a copied /var/lib/dbus/machine-id.
+    #[arg(long)]
+    pub machine_id: bool,
+
+    /// Remove the SSH host keys (refused unless something regenerates them at first boot).
+    #[arg(long)]
+    pub ssh_host_keys: bool,
+
+    /// Remove the network files cloud-init rendered for the build machine.
+    #[arg(long)]
+    pub network: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,6 +187,8 @@ pub enum Outcome {
     Success,
     /// `--check` found changes pending.
     Pending,
+    /// `doctor` found an error.
+    Findings,
 }
 
 /// A usage error found after parsing (an unknown profile name): exit 2.
@@ -182,20 +239,22 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             })();
             finish(target, result)
         }
+        Some(Command::Doctor(args)) => doctor::run(args, cli.output.format, out, err),
+        Some(Command::Clean(args)) => clean::run(args, cli.output.format, out, err),
         None => keep(cli, &catalogue, out, err, style),
     }
 }
 
 /// Releases the target whatever happened; the run's own error wins over a
 /// release error, which is reported when the run itself succeeded.
-fn finish(target: Target, result: Result<Outcome>) -> Result<Outcome> {
+pub(crate) fn finish(target: Target, result: Result<Outcome>) -> Result<Outcome> {
     let closed = target.close();
     let outcome = result?;
     closed?;
     Ok(outcome)
 }
 
-fn describe(target: &Target) -> TargetDescription {
+pub(crate) fn describe(target: &Target) -> TargetDescription {
     TargetDescription {
         path: target.display_path(),
         image: target.image().cloned(),

@@ -9,7 +9,7 @@
 mod boot;
 mod datasource;
 mod import;
-mod leftovers;
+pub mod leftovers;
 pub mod marker;
 mod python;
 

@@ -2,6 +2,7 @@
 //! configuration across `cloud.cfg.d`, the lossless editor, the planner and
 //! the keep profiles.
 
+pub mod clean;
 pub mod doctor;
 pub mod document;
 pub mod editor;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::{Context, Id};
-use crate::access::root::EntryKind;
+use crate::access::root::{EntryKind, Root};
 use crate::doctor::Evidence;
 use crate::guest::cloudinit::document::Value;
 use crate::guest::cloudinit::effective::ConfigSet;
@@ -121,16 +121,16 @@ pub fn cloud_init_regenerates_host_keys(config: &ConfigSet) -> bool {
 }
 
 /// A unit of the image that makes missing host keys before sshd starts.
-pub fn keygen_unit(ctx: &Context<'_>) -> Option<String> {
+pub fn keygen_unit(root: &Root) -> Option<String> {
     UNIT_DIRS
         .iter()
         .flat_map(|d| KEYGEN_UNITS.iter().map(move |u| format!("{d}/{u}")))
-        .find(|p| ctx.exists(p))
+        .find(|p| root.exists(Path::new(p)))
 }
 
 /// The private host keys in etc/ssh.
-pub fn host_keys(ctx: &Context<'_>) -> Vec<String> {
-    ctx.names("etc/ssh")
+pub fn host_keys(root: &Root) -> Vec<String> {
+    super::dir_names(root, Path::new("etc/ssh"))
         .into_iter()
         .filter(|n| n.starts_with("ssh_host_") && n.ends_with("_key"))
         .map(|n| format!("etc/ssh/{n}"))
@@ -138,7 +138,7 @@ pub fn host_keys(ctx: &Context<'_>) -> Vec<String> {
 }
 
 fn check_host_keys(ctx: &mut Context<'_>, config: Option<&ConfigSet>) {
-    let keys = host_keys(ctx);
+    let keys = host_keys(ctx.root);
     let regenerated = config.is_some_and(cloud_init_regenerates_host_keys);
     let why = "the module `ssh` is not in any module list of the effective configuration, or ssh_deletekeys is false";
     if let Some(first) = keys.first() {
@@ -163,7 +163,7 @@ fn check_host_keys(ctx: &mut Context<'_>, config: Option<&ConfigSet>) {
         return;
     }
     let sshd = ["usr/sbin/sshd", "sbin/sshd"].iter().any(|p| ctx.exists(p));
-    if sshd && !regenerated && keygen_unit(ctx).is_none() {
+    if sshd && !regenerated && keygen_unit(ctx.root).is_none() {
         ctx.report(
             Id::HostKeysMissing,
             format!("no etc/ssh/ssh_host_*_key; {why}; no sshd-keygen unit"),

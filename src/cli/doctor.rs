@@ -1,0 +1,54 @@
+//! `prepare-image doctor`: open the target read-only (read-write with
+//! `--fix`), run the Linux checks, print the findings.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::{DoctorArgs, Format, Outcome, describe, finish};
+use crate::access::target::Target;
+use crate::doctor::render::{self, Subject};
+use crate::doctor::summarize;
+use crate::guest::cloudinit::doctor;
+
+pub(super) fn run(
+    args: &DoctorArgs,
+    format: Format,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Outcome> {
+    let target = Target::open(&args.target, args.fix, args.partition)?;
+    let result = (|| {
+        let root = target.root();
+        if args.fix {
+            for fix in doctor::fix_shebangs(root, false)? {
+                writeln!(
+                    err,
+                    "fixed {}:1: {} -> {}",
+                    fix.path.display(),
+                    fix.old,
+                    fix.new
+                )?;
+            }
+        }
+        let findings = doctor::diagnose(root)?;
+        let description = describe(&target);
+        let subject = Subject {
+            root: description.path.display().to_string(),
+            image: description
+                .image
+                .is_some()
+                .then(|| description.image_json()),
+        };
+        match format {
+            Format::Json => render::json(out, &subject, &findings)?,
+            Format::Text => render::text(out, &subject, &findings, args.verbose)?,
+        }
+        Ok(if summarize(&findings).errors > 0 {
+            Outcome::Findings
+        } else {
+            Outcome::Success
+        })
+    })();
+    finish(target, result)
+}
