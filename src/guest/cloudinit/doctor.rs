@@ -425,6 +425,35 @@ mod tests {
         );
     }
 
+    /// The README's table of findings is this function's output between its
+    /// markers; when a text changes, paste what the failure prints.
+    fn readme_table(texts: &Texts) -> String {
+        let mut table = String::from("| id | severity | what | fix |\n|---|---|---|---|\n");
+        for id in Id::ALL {
+            let t = texts.get(id.as_str()).expect("checked by every_id_has_a_text");
+            let fix = if t.fix.is_empty() { "—" } else { &t.fix };
+            table.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                id.as_str(),
+                t.severity.name(),
+                t.title.replace('|', "\\|"),
+                fix.replace('|', "\\|")
+            ));
+        }
+        table
+    }
+
+    #[test]
+    fn the_readme_lists_every_finding_as_findings_linux_yaml_says() {
+        let readme = include_str!("../../../README.md");
+        let begin = "<!-- findings/linux.yaml: begin -->\n";
+        let end = "<!-- findings/linux.yaml: end -->";
+        let start = readme.find(begin).expect("README has the begin marker") + begin.len();
+        let stop = readme[start..].find(end).expect("README has the end marker") + start;
+        let expected = readme_table(&texts());
+        assert!(readme[start..stop] == expected, "README's findings table is stale; replace it with:\n{expected}");
+    }
+
     #[test]
     fn os_release_gives_id_and_id_like() {
         let os =
