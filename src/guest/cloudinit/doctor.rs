@@ -430,7 +430,9 @@ mod tests {
     fn readme_table(texts: &Texts) -> String {
         let mut table = String::from("| id | severity | what | fix |\n|---|---|---|---|\n");
         for id in Id::ALL {
-            let t = texts.get(id.as_str()).expect("checked by every_id_has_a_text");
+            let t = texts
+                .get(id.as_str())
+                .expect("checked by every_id_has_a_text");
             let fix = if t.fix.is_empty() { "—" } else { &t.fix };
             table.push_str(&format!(
                 "| `{}` | {} | {} | {} |\n",
@@ -449,9 +451,15 @@ mod tests {
         let begin = "<!-- findings/linux.yaml: begin -->\n";
         let end = "<!-- findings/linux.yaml: end -->";
         let start = readme.find(begin).expect("README has the begin marker") + begin.len();
-        let stop = readme[start..].find(end).expect("README has the end marker") + start;
+        let stop = readme[start..]
+            .find(end)
+            .expect("README has the end marker")
+            + start;
         let expected = readme_table(&texts());
-        assert!(readme[start..stop] == expected, "README's findings table is stale; replace it with:\n{expected}");
+        assert!(
+            readme[start..stop] == expected,
+            "README's findings table is stale; replace it with:\n{expected}"
+        );
     }
 
     #[test]
