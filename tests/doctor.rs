@@ -1,7 +1,10 @@
 //! The `doctor` and `clean` subcommands end to end: exit codes (0, 4, 1),
 //! text and JSON output, `--fix`, `--dry-run`, read-only doctor, and a
 //! hostile link that must not reach the host. Each test builds a small
-//! Debian-like root in a TempDir.
+//! Debian-like root in a TempDir; the image test also needs root, loop
+//! devices, fdisk and e2fsprogs (see `common_images`).
+
+mod common_images;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -309,4 +312,64 @@ fn clean_never_follows_a_link_out_of_the_root() {
     assert!(r.join("etc/cloud/cloud.cfg").exists());
     assert!(fs::symlink_metadata(r.join("var/lib/cloud")).is_err());
     assert!(fs::symlink_metadata(r.join("var/log/cloud-init.log")).is_err());
+}
+
+#[test]
+fn doctor_and_clean_find_an_image_root_without_cloud_cfg_by_os_release() {
+    use common_images::{MIB, copy_into, partition, path_str, sha256, sparse_file};
+    let dir = tempfile::tempdir().unwrap();
+    // A root without cloud-init, with a previous instance's state.
+    let content = dir.path().join("content");
+    write(&content, "etc/os-release", "ID=debian\n");
+    write(&content, "var/lib/cloud/data/instance-id", "ins-1\n");
+    let fs_file = dir.path().join("root.fs");
+    sparse_file(&fs_file, 32 * MIB);
+    common_images::run(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-d",
+            path_str(&content),
+            path_str(&fs_file),
+        ],
+    );
+    let image = dir.path().join("disk.img");
+    sparse_file(&image, 3 * MIB + 32 * MIB);
+    partition(
+        &image,
+        "label: gpt\n\
+         start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649\n\
+         start=4096, size=65536, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
+        512,
+    );
+    copy_into(&image, 2 * MIB, &fs_file);
+    let before = sha256(&image);
+
+    let (out, _) = run(&["doctor", "--format", "json"], &image, 4);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["image"]["partition"], 2);
+    assert_eq!(doc["image"]["filesystem"], "ext4");
+    let ids: Vec<&str> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["cloud-init-not-installed", "previous-instance-state"]);
+    assert_eq!(sha256(&image), before, "doctor changed the image");
+
+    let (out, _) = run(&["clean", "--dry-run"], &image, 0);
+    assert!(
+        out.contains("would remove file var/lib/cloud/data/instance-id (6 bytes)\n"),
+        "{out}"
+    );
+    assert_eq!(sha256(&image), before, "clean --dry-run changed the image");
+    run(&["clean"], &image, 0);
+    let (out, _) = run(&["doctor"], &image, 4);
+    assert!(!out.contains("previous-instance-state"), "{out}");
+    assert!(out.contains("error[cloud-init-not-installed]"), "{out}");
 }

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::access::image::open::{ImageInfo, OpenedImage};
 use crate::access::root::Root;
+use crate::guest::cloudinit::effective::CLOUD_CFG;
 
 #[derive(Debug)]
 pub enum Target {
@@ -20,6 +21,18 @@ impl Target {
     /// image whose root filesystem is found and mounted (read-write only when
     /// `writable`). `partition` applies to images only.
     pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Target> {
+        Target::open_with_root_marker(path, writable, partition, CLOUD_CFG)
+    }
+
+    /// As [`Target::open`], but an image's root is the partition holding
+    /// `marker` (e.g. `etc/os-release` for `doctor`, which must also open
+    /// images without cloud-init).
+    pub fn open_with_root_marker(
+        path: &Path,
+        writable: bool,
+        partition: Option<u32>,
+        marker: &str,
+    ) -> Result<Target> {
         let meta = match std::fs::metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
@@ -38,7 +51,9 @@ impl Target {
             return Ok(Target::Directory(Root::open(path)?));
         }
         if meta.is_file() {
-            let image = crate::access::image::open::open(path, writable, partition)?;
+            let image = crate::access::image::open::open_with_root_marker(
+                path, writable, partition, marker,
+            )?;
             return Ok(Target::Image(Box::new(image)));
         }
         bail!(

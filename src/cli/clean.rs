@@ -16,7 +16,14 @@ pub(super) fn run(
     out: &mut dyn Write,
     _err: &mut dyn Write,
 ) -> Result<Outcome> {
-    let target = Target::open(&args.target, !args.dry_run, args.partition)?;
+    // Found like doctor's root: by etc/os-release, so that an image's
+    // leftovers can be cleaned whatever its cloud.cfg.
+    let target = Target::open_with_root_marker(
+        &args.target,
+        !args.dry_run,
+        args.partition,
+        super::doctor::OS_RELEASE,
+    )?;
     let result = (|| {
         let options = Options {
             machine_id: args.machine_id,

@@ -11,13 +11,18 @@ use crate::doctor::render::{self, Subject};
 use crate::doctor::summarize;
 use crate::guest::cloudinit::doctor;
 
+/// What marks an image's root partition for doctor.
+pub(super) const OS_RELEASE: &str = "etc/os-release";
+
 pub(super) fn run(
     args: &DoctorArgs,
     format: Format,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<Outcome> {
-    let target = Target::open(&args.target, args.fix, args.partition)?;
+    // Found by etc/os-release, not cloud.cfg: an image without cloud-init is
+    // exactly what doctor must diagnose.
+    let target = Target::open_with_root_marker(&args.target, args.fix, args.partition, OS_RELEASE)?;
     let result = (|| {
         let root = target.root();
         if args.fix {

@@ -85,6 +85,18 @@ impl OpenedImage {
 /// `writable`; a read-only pass never replays a journal, so the image file
 /// stays byte-identical.
 pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<OpenedImage> {
+    open_with_root_marker(path, writable, partition, CLOUD_CFG)
+}
+
+/// As [`open`], but the root is the partition holding `marker` (a
+/// root-relative path): `doctor` must find the root of an image whose
+/// cloud-init, and so cloud.cfg, may be missing, by `etc/os-release`.
+pub fn open_with_root_marker(
+    path: &Path,
+    writable: bool,
+    partition: Option<u32>,
+    marker: &str,
+) -> Result<OpenedImage> {
     preflight()?;
     let display = path.display().to_string();
     let mut image = OpenOptions::new()
@@ -173,7 +185,7 @@ pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Opene
             refuse_unmountable(&display, &p, &kind)?;
             (p, kind, None)
         }
-        None => find_root(&raw, &raw_path, &display, &kinds, !writable)?,
+        None => find_root(&raw, &raw_path, &display, &kinds, !writable, marker)?,
     };
     let (loop_device, mount) = match probe {
         // Read-only and already mounted read-only by the probe: use it.
@@ -295,6 +307,7 @@ fn find_root(
     display: &str,
     kinds: &[(Partition, FsKind)],
     keep_probe: bool,
+    marker: &str,
 ) -> Result<(Partition, FsKind, Option<Probe>)> {
     let mut candidates = Vec::new();
     let mut kept: Option<Probe> = None;
@@ -313,7 +326,7 @@ fn find_root(
             }
         };
         let found = Root::open(mount.path())
-            .map(|r| r.exists(Path::new(CLOUD_CFG)))
+            .map(|r| r.exists(Path::new(marker)))
             .unwrap_or(false);
         if found && keep_probe && kept.is_none() {
             kept = Some((device, mount));
@@ -338,8 +351,13 @@ fn find_root(
             {
                 refuse_unmountable(display, p, kind)?;
             }
+            let hint = if marker == CLOUD_CFG {
+                "is cloud-init installed in this image?"
+            } else {
+                "is this a Linux image?"
+            };
             bail!(
-                "{display}: no partition holds /{CLOUD_CFG} (partitions: {}); is cloud-init installed in this image?",
+                "{display}: no partition holds /{marker} (partitions: {}); {hint}",
                 if kinds.is_empty() {
                     "none".to_string()
                 } else {
@@ -348,7 +366,7 @@ fn find_root(
             )
         }
         _ => bail!(
-            "{display}: several partitions hold /{CLOUD_CFG} ({}); choose one with --partition N",
+            "{display}: several partitions hold /{marker} ({}); choose one with --partition N",
             describe(&candidates)
         ),
     }
