@@ -73,6 +73,12 @@ pub struct KeepArgs {
     /// the one partition that holds etc/cloud/cloud.cfg).
     #[arg(long, value_name = "N")]
     pub partition: Option<u32>,
+
+    /// In the same run (one attach and mount), also clean what the build
+    /// machine's boot left, as `prepare-image clean`: cloud-init's state and
+    /// logs; `--clean=machine-id,ssh-host-keys,network` adds those.
+    #[arg(long, value_name = "EXTRAS", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub clean: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +285,10 @@ fn keep(
     } else {
         Mode::Apply
     };
+    let cleaning = match &args.clean {
+        Some(extras) => Some(clean::options_from(extras, mode != Mode::Apply)?),
+        None => None,
+    };
     // An image is mounted read-write only when there is something to write:
     // even a read-write mount that writes nothing changes the image file (the
     // superblock's mount count, the journal). So an image is always planned
@@ -289,9 +299,13 @@ fn keep(
         mode == Mode::Apply && !is_image,
         args.partition,
     )?;
-    let (target, plan) = match plan_on(&first, &selected) {
+    let planned = plan_on(&first, &selected).and_then(|plan| {
+        let writes = plan.pending() || clean_pending(&first, &plan, cleaning)?;
+        Ok((plan, writes))
+    });
+    let (target, plan) = match planned {
         Err(e) => return finish(first, Err(e)),
-        Ok(plan) if mode == Mode::Apply && is_image && plan.pending() => {
+        Ok((_, true)) if mode == Mode::Apply && is_image => {
             // The same partition again, now writable; plan again on what is
             // really there (nothing may have changed, but we do not assume).
             let partition = first.image().map(|i| i.partition).or(args.partition);
@@ -302,19 +316,33 @@ fn keep(
                 Err(e) => return finish(target, Err(e)),
             }
         }
-        Ok(plan) => (first, plan),
+        Ok((plan, _)) => (first, plan),
     };
     let result = (|| {
         interrupt::check()?;
+        // A clean that will be refused is refused before the keep writes anything.
+        let mut cleaned = match cleaning {
+            Some(options) => Some(clean::after_keep(target.root(), &plan, options, true)?),
+            None => None,
+        };
         let backups = if mode == Mode::Apply && plan.pending() {
             write(target.root(), &plan, args.backup)?
         } else {
             Vec::new()
         };
+        if let Some(options) = cleaning.filter(|_| mode == Mode::Apply) {
+            cleaned = Some(clean::after_keep(target.root(), &plan, options, false)?);
+        }
         // From here on the files are written; a signal only shortens cleanup.
         let _ = interrupt::pause_point("written");
+        let mut keep_json = Vec::new();
+        let keep_out: &mut dyn Write = if cleaned.is_some() && cli.output.format == Format::Json {
+            &mut keep_json
+        } else {
+            out
+        };
         report::keep(
-            out,
+            keep_out,
             err,
             &describe(&target),
             &plan,
@@ -324,13 +352,28 @@ fn keep(
             cli.output.format,
             style,
         )?;
-        Ok(if mode == Mode::Check && plan.pending() {
+        if let Some(report) = &cleaned {
+            let root = describe(&target).path.display().to_string();
+            clean::report_after_keep(out, err, cli.output.format, &root, report, mode != Mode::Apply, &keep_json)?;
+        }
+        let clean_pending = cleaned.as_ref().is_some_and(|r| !r.is_empty());
+        Ok(if mode == Mode::Check && (plan.pending() || clean_pending) {
             Outcome::Pending
         } else {
             Outcome::Success
         })
     })();
     finish(target, result)
+}
+
+/// Whether a keep's `--clean` has anything to remove (a read-only look, so
+/// that an image is mounted read-write only when something will change).
+fn clean_pending(target: &Target, plan: &Plan, cleaning: Option<clean::Options>) -> Result<bool> {
+    let Some(options) = cleaning else {
+        return Ok(false);
+    };
+    let report = clean::after_keep(target.root(), plan, options, true)?;
+    Ok(!report.is_empty())
 }
 
 /// Reads the configuration in the target and plans the keep.

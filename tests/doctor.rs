@@ -373,3 +373,95 @@ fn doctor_and_clean_find_an_image_root_without_cloud_cfg_by_os_release() {
     assert!(!out.contains("previous-instance-state"), "{out}");
     assert!(out.contains("error[cloud-init-not-installed]"), "{out}");
 }
+
+/// A healthy root with a previous instance left, and a cloud.cfg whose
+/// hostname is not kept yet.
+fn built() -> TempDir {
+    let root = healthy();
+    let r = root.path();
+    write(
+        r,
+        "etc/cloud/cloud.cfg",
+        "datasource_list: [ ConfigDrive, None ]\ncloud_init_modules:\n - ssh\n - users-groups\ncloud_final_modules:\n - scripts-user\n",
+    );
+    write(r, "var/lib/cloud/data/instance-id", "ins-1\n");
+    root
+}
+
+#[test]
+fn keep_and_clean_in_one_run() {
+    let root = built();
+    let r = root.path();
+    let (out, err) = run(&["--keep", "hostname", "--clean"], r, 0);
+    assert!(
+        out.starts_with("--- a/etc/cloud/cloud.cfg\n"),
+        "stdout is only the diff: {out}"
+    );
+    assert!(
+        err.contains("removed file var/lib/cloud/data/instance-id (6 bytes)\n"),
+        "{err}"
+    );
+    assert!(
+        fs::read_to_string(r.join("etc/cloud/cloud.cfg"))
+            .unwrap()
+            .contains("preserve_hostname: true")
+    );
+    assert!(!r.join("var/lib/cloud").exists());
+    run(&["doctor"], r, 0);
+    // Kept and clean: --check has nothing pending.
+    run(&["--keep", "hostname", "--clean", "--check"], r, 0);
+}
+
+#[test]
+fn keep_and_clean_dry_run_and_check_change_nothing() {
+    let root = built();
+    let r = root.path();
+    let before = snapshot(r);
+    let (_, err) = run(&["--keep", "hostname", "--clean", "--dry-run"], r, 0);
+    assert!(
+        err.contains("would remove directory var/lib/cloud\n"),
+        "{err}"
+    );
+    run(&["--keep", "hostname", "--clean", "--check"], r, 3);
+    assert_eq!(snapshot(r), before);
+    // Only the leftovers pending is still pending.
+    run(&["--keep", "hostname"], r, 0);
+    run(&["--keep", "hostname", "--clean", "--check"], r, 3);
+    run(&["--keep", "hostname", "--check"], r, 0);
+}
+
+#[test]
+fn keep_and_clean_json_is_one_document_with_a_clean_member() {
+    let root = built();
+    let (out, _) = run(
+        &[
+            "--keep",
+            "hostname",
+            "--clean=machine-id",
+            "--format",
+            "json",
+        ],
+        root.path(),
+        0,
+    );
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["result"], "changed");
+    assert_eq!(doc["clean"]["mode"], "apply");
+    assert_eq!(
+        doc["clean"]["removed"].as_array().unwrap().last().unwrap()["path"],
+        "var/lib/cloud"
+    );
+}
+
+#[test]
+fn keys_with_clean_ssh_host_keys_is_refused_before_anything_is_written() {
+    // The keys profile removes `ssh`: nothing would regenerate the keys.
+    let root = built();
+    let r = root.path();
+    let before = snapshot(r);
+    let (_, err) = run(&["--keep", "keys", "--clean=ssh-host-keys"], r, 1);
+    assert!(err.starts_with("error: --ssh-host-keys refused"), "{err}");
+    assert_eq!(snapshot(r), before);
+    let (_, err) = run(&["--keep", "hostname", "--clean=hostname"], r, 2);
+    assert!(err.contains("unknown --clean extra `hostname`"), "{err}");
+}

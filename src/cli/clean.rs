@@ -2,13 +2,16 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use serde_json::json;
 
-use super::{CleanArgs, Format, Outcome, describe, finish};
-use crate::access::root::EntryKind;
+use super::{CleanArgs, Format, Outcome, UsageError, describe, finish};
+use crate::access::root::{EntryKind, Root};
 use crate::access::target::Target;
-use crate::guest::cloudinit::clean::{self, Options, Report};
+pub(super) use crate::guest::cloudinit::clean::Options;
+use crate::guest::cloudinit::clean::{self, Report};
+use crate::guest::cloudinit::effective::ConfigSet;
+use crate::guest::cloudinit::plan::Plan;
 
 pub(super) fn run(
     args: &CleanArgs,
@@ -31,7 +34,7 @@ pub(super) fn run(
             network: args.network,
             dry_run: args.dry_run,
         };
-        let report = clean::clean(target.root(), options)?;
+        let report = clean::clean(target.root(), options, None)?;
         let root = describe(&target).path.display().to_string();
         match format {
             Format::Json => print_json(out, &root, &report, args.dry_run)?,
@@ -40,6 +43,69 @@ pub(super) fn run(
         Ok(Outcome::Success)
     })();
     finish(target, result)
+}
+
+/// `--clean[=EXTRAS]` of a keep run: the extras, a comma list of
+/// machine-id, ssh-host-keys, network; empty for state and logs only.
+pub(super) fn options_from(extras: &str, dry_run: bool) -> Result<Options> {
+    let mut options = Options {
+        dry_run,
+        ..Options::default()
+    };
+    for extra in extras.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match extra {
+            "machine-id" => options.machine_id = true,
+            "ssh-host-keys" => options.ssh_host_keys = true,
+            "network" => options.network = true,
+            other => {
+                return Err(anyhow!(UsageError(format!(
+                    "unknown --clean extra `{other}` (valid: machine-id, ssh-host-keys, network)"
+                ))));
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// The clean of a keep run, judged on the configuration as the keep leaves it.
+/// `dry_run` overrides the options' own: a keep run first looks, then cleans.
+pub(super) fn after_keep(
+    root: &Root,
+    plan: &Plan,
+    options: Options,
+    dry_run: bool,
+) -> Result<Report> {
+    let after = ConfigSet::from_texts(
+        plan.files
+            .iter()
+            .map(|f| (f.path.clone(), f.new_text.clone()))
+            .collect(),
+    )?;
+    clean::clean(root, Options { dry_run, ..options }, Some(&after))
+}
+
+/// Reports the clean of a keep run: in text on stderr (stdout carries only
+/// the diff); in JSON as a `clean` member of the keep's one document, given
+/// here as `keep_json`.
+pub(super) fn report_after_keep(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    format: Format,
+    root: &str,
+    report: &Report,
+    dry_run: bool,
+    keep_json: &[u8],
+) -> Result<()> {
+    match format {
+        Format::Text => print_text(err, root, report, dry_run),
+        Format::Json => {
+            let mut doc: serde_json::Value = serde_json::from_slice(keep_json)?;
+            doc["clean"] = json_of(report, dry_run);
+            serde_json::to_writer_pretty(&mut *out, &doc)?;
+            writeln!(out)?;
+            Ok(())
+        }
+    }
 }
 
 fn kind_name(kind: EntryKind) -> &'static str {
@@ -93,10 +159,8 @@ fn print_text(out: &mut dyn Write, root: &str, report: &Report, dry_run: bool) -
     Ok(())
 }
 
-fn print_json(out: &mut dyn Write, root: &str, report: &Report, dry_run: bool) -> Result<()> {
-    let doc = json!({
-        "version": crate::report::JSON_SCHEMA_VERSION,
-        "root": root,
+fn json_of(report: &Report, dry_run: bool) -> serde_json::Value {
+    json!({
         "mode": if dry_run { "dry-run" } else { "apply" },
         "removed": report.removed.iter().map(|e| json!({
             "path": e.path.display().to_string(),
@@ -105,7 +169,19 @@ fn print_json(out: &mut dyn Write, root: &str, report: &Report, dry_run: bool) -
         })).collect::<Vec<_>>(),
         "emptied": report.emptied.iter().map(|(p, size)| json!({"path": p.display().to_string(), "size": size})).collect::<Vec<_>>(),
         "kept": report.kept.iter().map(|(p, why)| json!({"path": p.display().to_string(), "reason": why})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_json(out: &mut dyn Write, root: &str, report: &Report, dry_run: bool) -> Result<()> {
+    let mut doc = json!({
+        "version": crate::report::JSON_SCHEMA_VERSION,
+        "root": root,
     });
+    if let (Some(doc), serde_json::Value::Object(fields)) =
+        (doc.as_object_mut(), json_of(report, dry_run))
+    {
+        doc.extend(fields);
+    }
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;
     Ok(())

@@ -18,7 +18,7 @@ use crate::guest::cloudinit::doctor::leftovers::{
     CLOUD_LOGS, CLOUD_STATE, cloud_init_regenerates_host_keys, keygen_unit,
 };
 use crate::guest::cloudinit::document::Value;
-use crate::guest::cloudinit::effective;
+use crate::guest::cloudinit::effective::{self, ConfigSet};
 
 /// What to clean beyond cloud-init's state and logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,6 +38,12 @@ pub struct Report {
     pub emptied: Vec<(PathBuf, u64)>,
     /// Paths left alone on purpose, and why.
     pub kept: Vec<(PathBuf, String)>,
+}
+
+impl Report {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.emptied.is_empty()
+    }
 }
 
 /// Files cloud-init's renderers write for the instance's network, by name
@@ -65,15 +71,27 @@ const DBUS_MACHINE_ID: &str = "var/lib/dbus/machine-id";
 /// keys, `--network` where cloud-init will not render the network again)
 /// come before anything is removed, as does every removal's own check (a
 /// mount point inside a tree).
-pub fn clean(root: &Root, options: Options) -> Result<Report> {
-    let config = effective::load(root).ok();
+///
+/// `config` is the configuration that will be in place at first boot: the
+/// image's as it is (`None`: read it), or as a keep in the same run leaves it
+/// (the `keys` profile removes the `ssh` module, and with it the only
+/// regeneration of host keys).
+pub fn clean(root: &Root, options: Options, config: Option<&ConfigSet>) -> Result<Report> {
+    let loaded;
+    let config = match config {
+        Some(config) => Some(config),
+        None => {
+            loaded = effective::load(root).ok();
+            loaded.as_ref()
+        }
+    };
     let mut targets: Vec<PathBuf> = vec![PathBuf::from(CLOUD_STATE)];
     targets.extend(CLOUD_LOGS.iter().map(PathBuf::from));
     let mut report = Report::default();
     if options.ssh_host_keys {
         let regenerator = if config
             .as_ref()
-            .is_some_and(cloud_init_regenerates_host_keys)
+            .is_some_and(|c| cloud_init_regenerates_host_keys(c))
         {
             Some("cloud-init's `ssh` module".to_string())
         } else {
@@ -94,7 +112,7 @@ pub fn clean(root: &Root, options: Options) -> Result<Report> {
         );
     }
     if options.network {
-        let disabled = config.as_ref().is_some_and(|c| {
+        let disabled = config.is_some_and(|c| {
             let network = c.effective();
             let network = network.get("network").and_then(|n| n.get("config"));
             matches!(network, Some(Value::Str(s)) if s == "disabled")
@@ -221,7 +239,7 @@ mod tests {
     fn by_default_only_state_and_logs_go() {
         let t = leftovers();
         let root = Root::open(t.path()).unwrap();
-        let report = clean(&root, Options::default()).unwrap();
+        let report = clean(&root, Options::default(), None).unwrap();
         assert_eq!(
             paths(&report.removed),
             [
@@ -270,7 +288,7 @@ mod tests {
             network: true,
             dry_run: true,
         };
-        let report = clean(&root, options).unwrap();
+        let report = clean(&root, options, None).unwrap();
         let listed = paths(&report.removed);
         for expected in [
             "var/lib/cloud",
@@ -320,7 +338,7 @@ mod tests {
             network: true,
             dry_run: false,
         };
-        clean(&root, options).unwrap();
+        clean(&root, options, None).unwrap();
         assert_eq!(std::fs::read(t.path().join("etc/machine-id")).unwrap(), b"");
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(t.path().join("etc/machine-id"))
@@ -357,6 +375,7 @@ mod tests {
                 machine_id: true,
                 ..Options::default()
             },
+            None,
         )
         .unwrap();
         assert!(
@@ -380,15 +399,33 @@ mod tests {
             ssh_host_keys: true,
             ..Options::default()
         };
-        let e = clean(&root, options).unwrap_err().to_string();
+        let e = clean(&root, options, None).unwrap_err().to_string();
         assert!(e.contains("nothing regenerates host keys"), "{e}");
         // Refused before anything was removed.
         assert!(t.path().join("var/lib/cloud/data/instance-id").exists());
         assert!(t.path().join("etc/ssh/ssh_host_ed25519_key").exists());
         // An sshd-keygen unit makes missing keys: then they may go.
         t.file("usr/lib/systemd/system/sshd-keygen@.service", "[Unit]\n");
-        clean(&root, options).unwrap();
+        clean(&root, options, None).unwrap();
         assert!(!t.path().join("etc/ssh/ssh_host_ed25519_key").exists());
+    }
+
+    #[test]
+    fn host_keys_are_judged_on_the_configuration_given() {
+        // The keys profile in the same run removes `ssh`: the keys must then stay.
+        let t = leftovers();
+        let root = Root::open(t.path()).unwrap();
+        let after_keep = ConfigSet::from_texts(vec![(
+            PathBuf::from("etc/cloud/cloud.cfg"),
+            "cloud_init_modules: [seed_random]\n".to_string(),
+        )])
+        .unwrap();
+        let options = Options {
+            ssh_host_keys: true,
+            ..Options::default()
+        };
+        assert!(clean(&root, options, Some(&after_keep)).is_err());
+        assert!(t.path().join("etc/ssh/ssh_host_ed25519_key").exists());
     }
 
     #[test]
@@ -405,6 +442,7 @@ mod tests {
                 network: true,
                 ..Options::default()
             },
+            None,
         )
         .unwrap_err()
         .to_string();
@@ -433,6 +471,7 @@ mod tests {
                 ssh_host_keys: true,
                 ..Options::default()
             },
+            None,
         )
         .unwrap();
         assert!(
