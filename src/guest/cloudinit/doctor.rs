@@ -53,6 +53,7 @@ finding_ids! {
     ShebangThroughPythonLink = "entry-shebang-through-python-link",
     ShebangOk = "entry-shebang-ok",
     ConfigUnparsable = "config-unparsable",
+    CloudCfgMissing = "cloud-cfg-missing",
     DisabledFile = "cloud-init-disabled-file",
     DisabledKernelCmdline = "cloud-init-disabled-kernel-cmdline",
     DsIdentifyDisabled = "ds-identify-disabled",

@@ -32,7 +32,31 @@ const STAGE_UNITS: &[&str] = &[
     "cloud-final.service",
 ];
 
-pub(super) fn check(ctx: &mut Context<'_>, _install: &Install) {
+/// The stage services a version of cloud-init ships; `None` when the version is unknown.
+fn expected_units(version: Option<&str>) -> Option<&'static [&'static str]> {
+    let mut parts = version?
+        .split(['.', '-', '~', '+'])
+        .map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next()??, parts.next().flatten().unwrap_or(0));
+    Some(if (major, minor) >= (24, 3) {
+        &[
+            "cloud-init-main.service",
+            "cloud-init-local.service",
+            "cloud-init-network.service",
+            "cloud-config.service",
+            "cloud-final.service",
+        ]
+    } else {
+        &[
+            "cloud-init-local.service",
+            "cloud-init.service",
+            "cloud-config.service",
+            "cloud-final.service",
+        ]
+    })
+}
+
+pub(super) fn check(ctx: &mut Context<'_>, install: &Install) {
     let mut problem = false;
     let cmdline = kernel_cmdline(ctx);
     let enabled_by_cmdline = cmdline
@@ -87,14 +111,14 @@ pub(super) fn check(ctx: &mut Context<'_>, _install: &Install) {
             );
         }
     }
-    problem |= check_units(ctx, disabled_file && !enabled_by_cmdline);
+    problem |= check_units(ctx, install, disabled_file && !enabled_by_cmdline);
     if !problem {
         ctx.report(Id::Enabled, String::new(), None, None);
     }
 }
 
 /// Checks masking and enablement; true when something was reported.
-fn check_units(ctx: &mut Context<'_>, disabled: bool) -> bool {
+fn check_units(ctx: &mut Context<'_>, install: &Install, disabled: bool) -> bool {
     let root = ctx.root;
     let has_systemd = ["usr/lib/systemd/systemd", "lib/systemd/systemd"]
         .iter()
@@ -131,6 +155,27 @@ fn check_units(ctx: &mut Context<'_>, disabled: bool) -> bool {
         return false;
     }
     let mut problem = false;
+    let expected = expected_units(install.version.as_deref());
+    let missing: Vec<&str> = expected
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|u| !files.contains_key(*u))
+        .collect();
+    if !missing.is_empty() {
+        problem = true;
+        ctx.report(
+            Id::UnitsMissing,
+            format!(
+                "cloud-init {} ships {}; not in {}",
+                install.version.as_deref().unwrap_or("?"),
+                missing.join(", "),
+                UNIT_DIRS.join(", ")
+            ),
+            install.version_evidence.clone(),
+            None,
+        );
+    }
     for unit in installed.iter().copied().chain([TARGET]) {
         for dir in UNIT_DIRS {
             let rel = PathBuf::from(format!("{dir}/{unit}"));
@@ -447,6 +492,56 @@ mod tests {
             .map(|(id, _, _)| id)
             .collect();
         assert_eq!(got, ["cloud-init-units-missing"]);
+    }
+
+    #[test]
+    fn the_units_expected_follow_the_version() {
+        assert_eq!(
+            expected_units(Some("22.4.2")).unwrap()[1],
+            "cloud-init.service"
+        );
+        assert_eq!(
+            expected_units(Some("24.3")).unwrap()[0],
+            "cloud-init-main.service"
+        );
+        assert_eq!(
+            expected_units(Some("25.1.2")).unwrap()[2],
+            "cloud-init-network.service"
+        );
+        assert_eq!(expected_units(Some("24.2")).unwrap().len(), 4);
+        assert_eq!(expected_units(Some("unknown")), None);
+        assert_eq!(expected_units(None), None);
+    }
+
+    #[test]
+    fn a_24_3_cloud_init_without_cloud_init_main_is_missing_a_unit() {
+        let t = Tree::debian();
+        t.file(
+            "usr/lib/python3/dist-packages/cloudinit/version.py",
+            "__VERSION__ = \"24.4\"\n",
+        )
+        .file(
+            "usr/lib/systemd/system/cloud-init-network.service",
+            "[Install]\nWantedBy=cloud-init.target\n",
+        )
+        .link(
+            "etc/systemd/system/cloud-init.target.wants/cloud-init-network.service",
+            "/lib/systemd/system/cloud-init-network.service",
+        );
+        let findings = t.diagnose();
+        assert_eq!(
+            problems(&findings),
+            vec![(
+                "cloud-init-units-missing".into(),
+                Severity::Error,
+                Some("usr/lib/python3/dist-packages/cloudinit/version.py:1".into())
+            )]
+        );
+        assert!(
+            the(&findings, "cloud-init-units-missing")
+                .detail
+                .contains("ships cloud-init-main.service;")
+        );
     }
 
     #[test]

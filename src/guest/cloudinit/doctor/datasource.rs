@@ -19,6 +19,16 @@ const NONE: &str = "None";
 pub(super) fn check_config(ctx: &mut Context<'_>, install: &Install) -> Option<ConfigSet> {
     let config = match effective::load(ctx.root) {
         Ok(config) => Some(config),
+        Err(_) if ctx.read(CLOUD_CFG).is_none() => {
+            // cloud-init then runs on its built-in defaults, which list no module at all.
+            ctx.report(
+                Id::CloudCfgMissing,
+                String::new(),
+                Some(Evidence::file(CLOUD_CFG)),
+                None,
+            );
+            return None;
+        }
         Err(_) => readable_files(ctx),
     };
     check_datasources(ctx, install, config.as_ref());
@@ -189,6 +199,28 @@ mod tests {
                 &format!("# ds\ndatasource_list: {list}\n"),
             );
         problems(&t.diagnose())
+    }
+
+    #[test]
+    fn a_missing_cloud_cfg_is_an_error() {
+        let t = Tree::debian();
+        t.remove("etc/cloud/cloud.cfg");
+        assert_eq!(
+            problems(&t.diagnose()),
+            vec![
+                (
+                    "cloud-cfg-missing".into(),
+                    Severity::Error,
+                    Some("etc/cloud/cloud.cfg".into())
+                ),
+                // No module list: the `ssh` module does not run either.
+                (
+                    "ssh-host-keys-shared".into(),
+                    Severity::Warning,
+                    Some("etc/ssh/ssh_host_ed25519_key".into())
+                ),
+            ]
+        );
     }
 
     #[test]
