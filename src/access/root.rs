@@ -595,29 +595,7 @@ impl Root {
     /// Reads a regular file. Never blocks on a FIFO and never opens a device: the type is checked on an
     /// O_PATH descriptor first, and the real open uses O_NONBLOCK.
     pub fn read_file(&self, rel: &Path) -> Result<FileContents, AccessError> {
-        let mut ctx = Ctx::new(self, Op::Read, rel);
-        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
-        let path = r.rel_path();
-        ctx.resolved_to(&path);
-        if !r.exists {
-            return Err(ctx.err(AccessErrorKind::NotFound));
-        }
-        let Some(name) = r.name.as_deref() else {
-            return Err(ctx.err(AccessErrorKind::NotRegular {
-                kind: "a directory",
-            }));
-        };
-        let (mut file, st) = open_regular(r.parent(self), name).map_err(|k| ctx.err(k))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| ctx.err(kind_from_io(e)))?;
-        Ok(FileContents {
-            path,
-            bytes,
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-        })
+        self.read_file_prefix(rel, u64::MAX)
     }
 
     /// Whether `rel` is a regular file after following links inside the root; any failure means "no",
@@ -1053,6 +1031,36 @@ impl Root {
         }
     }
 
+    /// Reads at most the first `max` bytes of a regular file, with the checks of `read_file`: a file
+    /// in an image is untrusted and may be huge (a sparse terabyte), so readers that need only text
+    /// near the start cap what they hold.
+    pub fn read_file_prefix(&self, rel: &Path, max: u64) -> Result<FileContents, AccessError> {
+        let mut ctx = Ctx::new(self, Op::Read, rel);
+        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
+        let path = r.rel_path();
+        ctx.resolved_to(&path);
+        if !r.exists {
+            return Err(ctx.err(AccessErrorKind::NotFound));
+        }
+        let Some(name) = r.name.as_deref() else {
+            return Err(ctx.err(AccessErrorKind::NotRegular {
+                kind: "a directory",
+            }));
+        };
+        let (file, st) = open_regular(r.parent(self), name).map_err(|k| ctx.err(k))?;
+        let mut bytes = Vec::new();
+        file.take(max)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ctx.err(kind_from_io(e)))?;
+        Ok(FileContents {
+            path,
+            bytes,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        })
+    }
+
     /// `lstat` inside the root: the parents are resolved (confined), the final name is not
     /// followed. `Ok(None)` when it does not exist.
     pub fn symlink_metadata(&self, rel: &Path) -> Result<Option<EntryStat>, AccessError> {
@@ -1316,6 +1324,16 @@ mod no_follow_tests {
         assert_eq!(removed.last().unwrap().path, Path::new("cloud"));
         assert!(!r.join("cloud").exists());
         assert!(r.join("var/lib").symlink_metadata().is_ok());
+    }
+
+    #[test]
+    fn read_file_prefix_holds_at_most_what_it_is_asked_for() {
+        let image = tempfile::tempdir().unwrap();
+        let big = std::fs::File::create(image.path().join("sparse")).unwrap();
+        big.set_len(1 << 40).unwrap();
+        let root = Root::open(image.path()).unwrap();
+        let read = root.read_file_prefix(Path::new("sparse"), 4096).unwrap();
+        assert_eq!(read.bytes.len(), 4096);
     }
 
     #[test]

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use crate::access::root::{EntryKind, EntryStat, Root};
-use crate::guest::cloudinit::doctor::dir_names;
 use crate::guest::cloudinit::doctor::leftovers::{
     CLOUD_LOGS, CLOUD_STATE, cloud_init_regenerates_host_keys, keygen_unit,
 };
+use crate::guest::cloudinit::doctor::{TEXT_LIMIT, dir_names};
 use crate::guest::cloudinit::document::Value;
 use crate::guest::cloudinit::effective::{self, ConfigSet};
 
@@ -144,7 +144,7 @@ pub fn clean(root: &Root, options: Options, config: Option<&ConfigSet>) -> Resul
         planned.extend(root.remove_tree(target, true)?);
     }
     let machine_id = if options.machine_id {
-        match root.read_file(Path::new(MACHINE_ID)) {
+        match root.read_file_prefix(Path::new(MACHINE_ID), TEXT_LIMIT) {
             Ok(contents) if !contents.bytes.is_empty() => {
                 Some((contents.path, contents.bytes.len() as u64))
             }
@@ -190,7 +190,7 @@ fn network_files(root: &Root) -> Vec<PathBuf> {
             .is_some_and(|e| e.kind == EntryKind::File);
         if is_file
             && root
-                .read_file(&path)
+                .read_file_prefix(&path, TEXT_LIMIT)
                 .is_ok_and(|c| c.bytes.starts_with(SYSCONFIG_HEADER.as_bytes()))
         {
             files.push(path);

@@ -23,6 +23,10 @@ use crate::guest::cloudinit::document::Value;
 
 pub use python::{ShebangFix, fix_shebangs};
 
+/// The most of any one file the checks read: the text they look for is near
+/// the start, and an image's file may be huge.
+pub(crate) const TEXT_LIMIT: u64 = 16 << 20;
+
 const TEXTS: &str = include_str!("../../../findings/linux.yaml");
 const PYTHON_DATA: &str = include_str!("../../../findings/linux-python.yaml");
 
@@ -112,7 +116,10 @@ impl Context<'_> {
     /// A file's text (invalid UTF-8 replaced) and its resolved path, or
     /// `None` when it is missing or not a regular file.
     pub fn read(&self, rel: &str) -> Option<(PathBuf, String)> {
-        let contents = self.root.read_file(Path::new(rel)).ok()?;
+        let contents = self
+            .root
+            .read_file_prefix(Path::new(rel), TEXT_LIMIT)
+            .ok()?;
         Some((
             contents.path,
             String::from_utf8_lossy(&contents.bytes).into_owned(),

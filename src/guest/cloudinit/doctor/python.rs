@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use super::marker::{self, Environment, Requirement};
-use super::{Context, Id};
+use super::{Context, Id, TEXT_LIMIT};
 use crate::access::root::{EntryKind, Root};
 use crate::doctor::Evidence;
 use crate::guest::cloudinit::document::Value;
@@ -150,7 +150,7 @@ pub fn site_dirs_for(root: &Root, version: PyVersion) -> Vec<PathBuf> {
 
 fn read_version(root: &Root, site: &Path) -> Option<(String, Evidence)> {
     let path = site.join("cloudinit/version.py");
-    let contents = root.read_file(&path).ok()?;
+    let contents = root.read_file_prefix(&path, TEXT_LIMIT).ok()?;
     let text = String::from_utf8_lossy(&contents.bytes);
     text.lines().enumerate().find_map(|(i, line)| {
         let value = line
@@ -525,7 +525,7 @@ fn metadata_requirements(
 ) -> Vec<(Requirement, Evidence)> {
     let mut out = Vec::new();
     let requires = metadata.join("requires.txt");
-    if let Ok(contents) = root.read_file(&requires) {
+    if let Ok(contents) = root.read_file_prefix(&requires, TEXT_LIMIT) {
         let text = String::from_utf8_lossy(&contents.bytes);
         // None: the section is never installed (an extra, or a marker that
         // does not hold); Some: it applies.
@@ -554,7 +554,7 @@ fn metadata_requirements(
         return out;
     }
     for file in ["METADATA", "PKG-INFO"] {
-        let Ok(contents) = root.read_file(&metadata.join(file)) else {
+        let Ok(contents) = root.read_file_prefix(&metadata.join(file), TEXT_LIMIT) else {
             continue;
         };
         let text = String::from_utf8_lossy(&contents.bytes);
@@ -667,7 +667,8 @@ fn check_dependencies(ctx: &mut Context<'_>, install: &Install, python: Option<P
             continue;
         }
         // Only where this cloud-init really imports it, and pointing at the line.
-        let Ok(contents) = root.read_file(&install.package().join(&imported_by)) else {
+        let Ok(contents) = root.read_file_prefix(&install.package().join(&imported_by), TEXT_LIMIT)
+        else {
             continue;
         };
         let text = String::from_utf8_lossy(&contents.bytes);
@@ -714,9 +715,16 @@ pub fn fix_shebangs(root: &Root, dry_run: bool) -> Result<Vec<ShebangFix>> {
     let installs = find_installs(root);
     let mut fixes = Vec::new();
     for script in ENTRY_SCRIPTS {
-        let Ok(contents) = root.read_file(Path::new(script)) else {
+        // One byte past the limit tells a script too large to rewrite whole from a truncated one.
+        let Ok(contents) = root.read_file_prefix(Path::new(script), TEXT_LIMIT + 1) else {
             continue;
         };
+        if contents.bytes.len() as u64 > TEXT_LIMIT {
+            bail!(
+                "{} is larger than {TEXT_LIMIT} bytes: not a cloud-init entry script; not rewritten",
+                root.path().join(&contents.path).display()
+            );
+        }
         let Ok(text) = String::from_utf8(contents.bytes.clone()) else {
             continue;
         };
