@@ -281,7 +281,8 @@ fn entry_state(root: &Root, first_line: &str, installs: &[Install]) -> EntryStat
     };
     let looks_python = Path::new(&shebang.written)
         .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("python"));
+        // `python3`, `python2.7`, RHEL 8's `/usr/libexec/platform-python`.
+        .is_some_and(|n| n.to_string_lossy().contains("python"));
     if !looks_python {
         return EntryState::NotPython;
     }
@@ -1006,6 +1007,31 @@ mod tests {
         assert_eq!(
             the(&findings, "python-dependencies-installed").detail,
             "for Python 3.11"
+        );
+    }
+
+    #[test]
+    fn rhel_8_platform_python_is_followed_to_its_interpreter() {
+        let t = Tree::new();
+        let site = "usr/lib/python3.6/site-packages";
+        t.file("etc/os-release", "ID=\"rhel\"\nID_LIKE=\"fedora\"\n")
+            .file(
+                &format!("{site}/cloudinit/version.py"),
+                "__VERSION__ = \"22.1\"\n",
+            )
+            .file("usr/bin/python3.6", "")
+            .link("usr/libexec/platform-python", "/usr/bin/python3.6")
+            .file("usr/bin/cloud-init", "#!/usr/libexec/platform-python -s\n");
+        let findings = t.diagnose();
+        assert_eq!(the(&findings, "entry-shebang-ok").severity, Severity::Ok);
+        t.remove("usr/bin/python3.6");
+        let findings = t.diagnose();
+        let f = the(&findings, "entry-interpreter-missing");
+        assert!(
+            f.detail
+                .contains("/usr/bin/python3.6, which does not exist"),
+            "{}",
+            f.detail
         );
     }
 
