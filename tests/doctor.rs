@@ -361,6 +361,9 @@ fn doctor_and_clean_find_an_image_root_without_cloud_cfg_by_os_release() {
         .collect();
     assert_eq!(ids, ["cloud-init-not-installed", "previous-instance-state"]);
     assert_eq!(sha256(&image), before, "doctor changed the image");
+    // Nothing to fix: not even mounted read-write.
+    run(&["doctor", "--fix"], &image, 4);
+    assert_eq!(sha256(&image), before, "doctor --fix with nothing to fix changed the image");
 
     let (out, _) = run(&["clean", "--dry-run"], &image, 0);
     assert!(

@@ -1,5 +1,5 @@
-//! `prepare-image doctor`: open the target read-only (read-write with
-//! `--fix`), run the Linux checks, print the findings.
+//! `prepare-image doctor`: open the target read-only (read-write when
+//! `--fix` has something to write), run the Linux checks, print the findings.
 
 use std::io::Write;
 
@@ -22,7 +22,28 @@ pub(super) fn run(
 ) -> Result<Outcome> {
     // Found by etc/os-release, not cloud.cfg: an image without cloud-init is
     // exactly what doctor must diagnose.
-    let target = Target::open_with_root_marker(&args.target, args.fix, args.partition, OS_RELEASE)?;
+    // An image is mounted read-write only when --fix has something to write:
+    // a read-write mount alone changes the image file.
+    let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
+    let first = Target::open_with_root_marker(
+        &args.target,
+        args.fix && !is_image,
+        args.partition,
+        OS_RELEASE,
+    )?;
+    let target = if args.fix && is_image {
+        match doctor::fix_shebangs(first.root(), true) {
+            Err(e) => return finish(first, Err(e)),
+            Ok(fixes) if fixes.is_empty() => first,
+            Ok(_) => {
+                let partition = first.image().map(|i| i.partition);
+                first.close()?;
+                Target::open_with_root_marker(&args.target, true, partition, OS_RELEASE)?
+            }
+        }
+    } else {
+        first
+    };
     let result = (|| {
         let root = target.root();
         if args.fix {
