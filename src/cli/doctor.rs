@@ -57,7 +57,7 @@ pub(super) fn run(
                 )?;
             }
         }
-        let findings = doctor::diagnose(root)?;
+        let findings = doctor::diagnose(root, target.image())?;
         let description = describe(&target);
         let subject = Subject {
             root: description.path.display().to_string(),

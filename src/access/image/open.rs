@@ -32,6 +32,8 @@ pub struct ImageInfo {
     /// Linux partition number; 0 for a filesystem with no partition table.
     pub partition: u32,
     pub filesystem: String,
+    /// The disk's size as a guest sees it (the raw view's length).
+    pub virtual_size: u64,
 }
 
 /// A mounted image. Fields drop in declaration order: the root's descriptor
@@ -121,6 +123,7 @@ pub fn open_with_root_marker(
             table: String::new(),
             partition: 0,
             filesystem: String::new(),
+            virtual_size: 0,
         },
     };
     let raw_path = if format == ImageFormat::Raw {
@@ -141,6 +144,7 @@ pub fn open_with_root_marker(
             .with_context(|| format!("opening the raw view of {display}"))?
     };
     let size = raw.metadata()?.len();
+    opened.info.virtual_size = size;
     let layout = partition::read_layout(&mut raw, size).map_err(|e| anyhow!("{display}: {e}"))?;
     opened.info.table = match layout.table {
         Table::Gpt { sector_size } => format!("gpt ({sector_size}-byte sectors)"),

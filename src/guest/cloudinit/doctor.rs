@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use crate::access::image::open::ImageInfo;
 use crate::access::root::Root;
 use crate::doctor::{Evidence, Finding, Texts};
 use crate::guest::cloudinit::document::Value;
@@ -83,6 +84,9 @@ finding_ids! {
     KernelConfigNotFound = "kernel-config-not-found",
     ImportFilesOk = "import-files-ok",
     VirtioPresent = "virtio-drivers-present",
+    ImageFormatNotImportable = "image-format-not-importable",
+    ImageTooLarge = "image-too-large",
+    ImageFileOk = "image-file-importable",
 }
 
 /// The built-in texts of the Linux findings.
@@ -177,8 +181,9 @@ impl OsRelease {
     }
 }
 
-/// Runs every check on the root; the findings in check order.
-pub fn diagnose(root: &Root) -> Result<Vec<Finding>> {
+/// Runs every check on the root (and, for an image file, on the file);
+/// the findings in check order.
+pub fn diagnose(root: &Root, image: Option<&ImageInfo>) -> Result<Vec<Finding>> {
     let texts = texts();
     let python_data = crate::guest::cloudinit::document::parse(PYTHON_DATA)
         .map(|d| d.to_value())
@@ -204,6 +209,9 @@ pub fn diagnose(root: &Root) -> Result<Vec<Finding>> {
         leftovers::check(&mut ctx, None);
     }
     import::check(&mut ctx);
+    if let Some(image) = image {
+        import::check_image_file(&mut ctx, image);
+    }
     Ok(ctx.findings)
 }
 
@@ -261,7 +269,7 @@ pub(crate) mod test_support {
         }
 
         pub fn diagnose(&self) -> Vec<Finding> {
-            super::diagnose(&Root::open(self.path()).unwrap()).unwrap()
+            super::diagnose(&Root::open(self.path()).unwrap(), None).unwrap()
         }
 
         /// A Debian bookworm-like root with a working cloud-init 22.4.2:

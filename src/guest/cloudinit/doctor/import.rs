@@ -2,9 +2,12 @@
 //! fstab without /dev/sdX names, no NIC pinned to the build machine's MAC,
 //! virtio drivers in the default kernel.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::{Context, Id};
+use crate::access::image::format::ImageFormat;
+use crate::access::image::open::ImageInfo;
 use crate::doctor::Evidence;
 
 /// The drivers an instance needs, with their module file under lib/modules/VERSION/kernel.
@@ -76,6 +79,59 @@ pub(super) fn check(ctx: &mut Context<'_>) {
         ctx.report(Id::ImportFilesOk, String::new(), None, None);
     }
     check_virtio(ctx);
+}
+
+/// Tencent Cloud's import limits, as its documentation states them in GB;
+/// read as decimal gigabytes, the stricter reading.
+const MAX_VIRTUAL_SIZE: u64 = 500_000_000_000;
+const MAX_ACTUAL_SIZE: u64 = 50_000_000_000;
+
+/// The image file itself: a format the import takes (RAW, QCOW2, VHD, VMDK;
+/// not VHDX), its virtual size and the bytes it really occupies.
+pub(super) fn check_image_file(ctx: &mut Context<'_>, image: &ImageInfo) {
+    let evidence = Some(Evidence::file(&image.path));
+    let mut problem = false;
+    if image.format == ImageFormat::Vhdx {
+        problem = true;
+        let fix = format!(
+            "qemu-img convert -O qcow2 {} IMAGE.qcow2",
+            image.path.display()
+        );
+        ctx.report(
+            Id::ImageFormatNotImportable,
+            "vhdx",
+            evidence.clone(),
+            Some(fix),
+        );
+    }
+    // Blocks really allocated, so a sparse raw file counts what it holds.
+    let actual = std::fs::metadata(&image.path).map_or(0, |m| m.blocks().saturating_mul(512));
+    if image.virtual_size > MAX_VIRTUAL_SIZE {
+        problem = true;
+        ctx.report(
+            Id::ImageTooLarge,
+            format!("virtual size {} bytes, above 500 GB", image.virtual_size),
+            evidence.clone(),
+            None,
+        );
+    }
+    if actual > MAX_ACTUAL_SIZE {
+        problem = true;
+        ctx.report(
+            Id::ImageTooLarge,
+            format!("{actual} bytes in the file, above 50 GB"),
+            evidence.clone(),
+            None,
+        );
+    }
+    if !problem {
+        let detail = format!(
+            "{}, virtual size {} bytes, {actual} bytes in the file",
+            image.format.name(),
+            image.virtual_size
+        );
+        ctx.report(Id::ImageFileOk, detail, evidence, None);
+    }
 }
 
 /// `/dev/sda1`, `/dev/hdb`: names that change when the disk is virtio.
@@ -294,6 +350,63 @@ mod tests {
             the(&findings, "virtio-drivers-present")
                 .detail
                 .contains("CONFIG_VIRTIO_BLK as modules")
+        );
+    }
+
+    fn image_findings(
+        format: ImageFormat,
+        virtual_size: u64,
+        file: &Path,
+    ) -> Vec<(String, Severity, Option<String>)> {
+        let t = Tree::debian();
+        let info = ImageInfo {
+            path: file.to_path_buf(),
+            format,
+            table: "gpt (512-byte sectors)".into(),
+            partition: 1,
+            filesystem: "ext4".into(),
+            virtual_size,
+        };
+        let root = crate::access::root::Root::open(t.path()).unwrap();
+        let findings = super::super::diagnose(&root, Some(&info)).unwrap();
+        findings
+            .iter()
+            .filter(|f| f.id.starts_with("image-"))
+            .map(|f| {
+                (
+                    f.id.clone(),
+                    f.severity,
+                    f.evidence.as_ref().map(ToString::to_string),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_image_file_must_be_a_format_and_size_the_import_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk.img");
+        // Sparse: 600 GB long, nothing allocated.
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(600_000_000_000)
+            .unwrap();
+        let name = Some(file.display().to_string());
+        assert_eq!(
+            image_findings(ImageFormat::Raw, 600_000_000_000, &file),
+            [("image-too-large".to_string(), Severity::Error, name.clone())]
+        );
+        assert_eq!(
+            image_findings(ImageFormat::Vhdx, 1 << 30, &file),
+            [(
+                "image-format-not-importable".to_string(),
+                Severity::Error,
+                name.clone()
+            )]
+        );
+        assert_eq!(
+            image_findings(ImageFormat::Qcow2, 500_000_000_000, &file),
+            [("image-file-importable".to_string(), Severity::Ok, name)]
         );
     }
 
