@@ -363,7 +363,11 @@ fn doctor_and_clean_find_an_image_root_without_cloud_cfg_by_os_release() {
     assert_eq!(sha256(&image), before, "doctor changed the image");
     // Nothing to fix: not even mounted read-write.
     run(&["doctor", "--fix"], &image, 4);
-    assert_eq!(sha256(&image), before, "doctor --fix with nothing to fix changed the image");
+    assert_eq!(
+        sha256(&image),
+        before,
+        "doctor --fix with nothing to fix changed the image"
+    );
 
     let (out, _) = run(&["clean", "--dry-run"], &image, 0);
     assert!(
@@ -467,4 +471,31 @@ fn keys_with_clean_ssh_host_keys_is_refused_before_anything_is_written() {
     assert_eq!(snapshot(r), before);
     let (_, err) = run(&["--keep", "hostname", "--clean=hostname"], r, 2);
     assert!(err.contains("unknown --clean extra `hostname`"), "{err}");
+}
+
+#[test]
+fn hostile_entries_neither_hang_nor_escape_doctor() {
+    let host = tempfile::tempdir().unwrap();
+    write(host.path(), "fstab", "/dev/sda1 / ext4 defaults 0 1\n");
+    let root = healthy();
+    let r = root.path();
+    // A FIFO would block a naive reader; a link loop and links to the host must not be followed out.
+    nix::unistd::mkfifo(
+        &r.join("etc/fstab"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    fs::remove_file(r.join("etc/os-release")).unwrap();
+    link(r, "etc/os-release", "/etc/os-release-loop");
+    link(r, "etc/os-release-loop", "/etc/os-release");
+    link(
+        r,
+        "etc/default/grub",
+        host.path().join("fstab").to_str().unwrap(),
+    );
+    link(r, "boot/config-9.9.9", "/");
+    let (out, _) = run(&["doctor", "--verbose"], r, 0);
+    // The host's fstab (with /dev/sda1) was not read through the link.
+    assert!(!out.contains("fstab-device-name"), "{out}");
+    assert!(out.contains("ok[import-files-ok]"), "{out}");
 }
