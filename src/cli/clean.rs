@@ -19,21 +19,39 @@ pub(super) fn run(
     out: &mut dyn Write,
     _err: &mut dyn Write,
 ) -> Result<Outcome> {
+    let options = Options {
+        machine_id: args.machine_id,
+        ssh_host_keys: args.ssh_host_keys,
+        network: args.network,
+        dry_run: args.dry_run,
+    };
     // Found like doctor's root: by etc/os-release, so that an image's
-    // leftovers can be cleaned whatever its cloud.cfg.
-    let target = Target::open_with_root_marker(
-        &args.target,
-        !args.dry_run,
-        args.partition,
-        super::doctor::OS_RELEASE,
-    )?;
-    let result = (|| {
-        let options = Options {
-            machine_id: args.machine_id,
-            ssh_host_keys: args.ssh_host_keys,
-            network: args.network,
-            dry_run: args.dry_run,
+    // leftovers can be cleaned whatever its cloud.cfg. An image is mounted
+    // read-write only when there is something to remove (a read-write mount
+    // alone changes the image file); a refusal comes from the read-only look.
+    let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
+    let open = |writable: bool, partition: Option<u32>| {
+        Target::open_with_root_marker(&args.target, writable, partition, super::doctor::OS_RELEASE)
+    };
+    let first = open(!args.dry_run && !is_image, args.partition)?;
+    let target = if is_image && !args.dry_run {
+        let look = Options {
+            dry_run: true,
+            ..options
         };
+        match clean::clean(first.root(), look, None) {
+            Err(e) => return finish(first, Err(e)),
+            Ok(planned) if planned.is_empty() => first,
+            Ok(_) => {
+                let partition = first.image().map(|i| i.partition);
+                first.close()?;
+                open(true, partition)?
+            }
+        }
+    } else {
+        first
+    };
+    let result = (|| {
         let report = clean::clean(target.root(), options, None)?;
         let root = describe(&target).path.display().to_string();
         match format {
