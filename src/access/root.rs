@@ -1061,6 +1061,20 @@ impl Root {
         })
     }
 
+    /// Opens a regular file for streaming (a 60 MB initramfs is read in pieces, never held whole),
+    /// with the checks of `read_file`. Returns the resolved root-relative path and the file.
+    pub fn open_file(&self, rel: &Path) -> Result<(PathBuf, File), AccessError> {
+        let mut ctx = Ctx::new(self, Op::Read, rel);
+        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
+        let path = r.rel_path();
+        ctx.resolved_to(&path);
+        let (true, Some(name)) = (r.exists, r.name.as_deref()) else {
+            return Err(ctx.err(AccessErrorKind::NotFound));
+        };
+        let (file, _) = open_regular(r.parent(self), name).map_err(|k| ctx.err(k))?;
+        Ok((path, file))
+    }
+
     /// `lstat` inside the root: the parents are resolved (confined), the final name is not
     /// followed. `Ok(None)` when it does not exist.
     pub fn symlink_metadata(&self, rel: &Path) -> Result<Option<EntryStat>, AccessError> {

@@ -9,6 +9,7 @@
 mod boot;
 mod datasource;
 mod import;
+mod initramfs;
 pub mod leftovers;
 pub mod marker;
 mod python;
@@ -82,6 +83,7 @@ finding_ids! {
     NicPinnedToMac = "nic-pinned-to-mac",
     VirtioMissing = "virtio-driver-missing",
     KernelConfigNotFound = "kernel-config-not-found",
+    InitramfsUnreadable = "initramfs-unreadable",
     ImportFilesOk = "import-files-ok",
     VirtioPresent = "virtio-drivers-present",
     ImageFormatNotImportable = "image-format-not-importable",

@@ -10,12 +10,17 @@ use crate::access::image::format::ImageFormat;
 use crate::access::image::open::ImageInfo;
 use crate::doctor::Evidence;
 
-/// The drivers an instance needs, with their module file under lib/modules/VERSION/kernel.
-const VIRTIO: &[(&str, &str)] = &[
-    ("CONFIG_VIRTIO_PCI", "drivers/virtio/virtio_pci.ko"),
-    ("CONFIG_VIRTIO_BLK", "drivers/block/virtio_blk.ko"),
-    ("CONFIG_VIRTIO_NET", "drivers/net/virtio_net.ko"),
+/// The drivers an instance needs, with their module file under
+/// lib/modules/VERSION/kernel, and whether the root filesystem needs it
+/// before it is mounted (then a module must be in the initramfs; the NIC's
+/// driver is loaded later, from the root filesystem).
+const VIRTIO: &[(&str, &str, bool)] = &[
+    ("CONFIG_VIRTIO_PCI", "drivers/virtio/virtio_pci.ko", true),
+    ("CONFIG_VIRTIO_BLK", "drivers/block/virtio_blk.ko", true),
+    ("CONFIG_VIRTIO_NET", "drivers/net/virtio_net.ko", false),
 ];
+/// Where distributions put the initramfs of kernel VERSION.
+const INITRAMFS_NAMES: &[&str] = &["initrd.img-{}", "initramfs-{}.img", "initrd-{}"];
 
 pub(super) fn check(ctx: &mut Context<'_>) {
     let mut problem = false;
@@ -181,8 +186,9 @@ fn check_virtio(ctx: &mut Context<'_>) {
     };
     let modules = format!("lib/modules/{version}/kernel");
     let mut as_modules = Vec::new();
+    let mut needed_early = Vec::new();
     let mut problem = false;
-    for (option, module) in VIRTIO {
+    for (option, module, early) in VIRTIO {
         let setting = text.lines().enumerate().find_map(|(i, line)| {
             let value = line.strip_prefix(option)?.strip_prefix('=')?;
             Some((i + 1, value.trim().to_string()))
@@ -202,6 +208,9 @@ fn check_virtio(ctx: &mut Context<'_>) {
                 // Any compression: .ko, .ko.xz, .ko.zst, .ko.gz.
                 if ctx.names(&dir).iter().any(|n| n.starts_with(&file)) {
                     as_modules.push(option.to_string());
+                    if *early {
+                        needed_early.push((*option, file, line));
+                    }
                 } else {
                     problem = true;
                     ctx.report(
@@ -235,18 +244,86 @@ fn check_virtio(ctx: &mut Context<'_>) {
             }
         }
     }
+    let mut initramfs_detail = String::new();
+    if !needed_early.is_empty() {
+        match check_initramfs(ctx, &version, &path, &needed_early) {
+            Ok(detail) => initramfs_detail = detail,
+            Err(()) => problem = true,
+        }
+    }
     if !problem {
         let detail = if as_modules.is_empty() {
             format!("{version}: built in")
         } else {
-            // Reading the initramfs (cpio, compressed, early microcode part) is not done yet.
             format!(
-                "{version}: {} as modules (their presence in the initramfs is not checked yet)",
+                "{version}: {} as modules{initramfs_detail}",
                 as_modules.join(", ")
             )
         };
         ctx.report(Id::VirtioPresent, detail, None, None);
     }
+}
+
+/// The modules the root filesystem needs must be in the kernel's initramfs:
+/// `Ok` with a note for the summary, `Err` when a finding was reported.
+fn check_initramfs(
+    ctx: &mut Context<'_>,
+    version: &str,
+    config: &Path,
+    needed: &[(&str, String, usize)],
+) -> Result<String, ()> {
+    let found = INITRAMFS_NAMES.iter().find_map(|pattern| {
+        let rel = format!("boot/{}", pattern.replace("{}", version));
+        ctx.root.open_file(Path::new(&rel)).ok()
+    });
+    let Some((initramfs, file)) = found else {
+        for (option, _, line) in needed {
+            ctx.report(
+                Id::VirtioMissing,
+                format!("{option}=m, but the kernel has no initramfs in boot/ to load it from"),
+                Some(Evidence::line(config, *line)),
+                None,
+            );
+        }
+        return Err(());
+    };
+    let names = match super::initramfs::names(file) {
+        Ok(names) => names,
+        Err(e) => {
+            ctx.report(
+                Id::InitramfsUnreadable,
+                format!("{e:#}"),
+                Some(Evidence::file(&initramfs)),
+                None,
+            );
+            return Err(());
+        }
+    };
+    let mut missing = false;
+    for (option, module, line) in needed {
+        // `.../virtio_blk.ko`, or compressed `.../virtio_blk.ko.zst`.
+        let present = names.iter().any(|n| {
+            n.rsplit('/').next().is_some_and(|base| {
+                base == module
+                    || base
+                        .strip_prefix(module.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+        });
+        if !present {
+            missing = true;
+            ctx.report(
+                Id::VirtioMissing,
+                format!("{option}=m, but {module} is not in {}", initramfs.display()),
+                Some(Evidence::line(config, *line)),
+                None,
+            );
+        }
+    }
+    if missing {
+        return Err(());
+    }
+    Ok(format!(", in {}", initramfs.display()))
 }
 
 #[cfg(test)]
@@ -338,18 +415,19 @@ mod tests {
         );
         t.file(
             "boot/config-6.1.0-13-amd64",
-            "CONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO_BLK=m\nCONFIG_VIRTIO_NET=y\n",
+            "CONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO_BLK=y\nCONFIG_VIRTIO_NET=m\n",
         )
         .file(
-            "usr/lib/modules/6.1.0-13-amd64/kernel/drivers/block/virtio_blk.ko.xz",
+            "usr/lib/modules/6.1.0-13-amd64/kernel/drivers/net/virtio_net.ko.xz",
             "",
         );
+        // The NIC's driver is loaded from the root filesystem: no initramfs needed.
         let findings = t.diagnose();
         assert_eq!(problems(&findings), vec![]);
         assert!(
             the(&findings, "virtio-drivers-present")
                 .detail
-                .contains("CONFIG_VIRTIO_BLK as modules")
+                .ends_with("CONFIG_VIRTIO_NET as modules")
         );
     }
 
@@ -407,6 +485,81 @@ mod tests {
         assert_eq!(
             image_findings(ImageFormat::Qcow2, 500_000_000_000, &file),
             [("image-file-importable".to_string(), Severity::Ok, name)]
+        );
+    }
+
+    #[test]
+    fn modules_the_root_needs_must_be_in_the_initramfs() {
+        use super::super::initramfs::tests::{compress, cpio};
+        let t = Tree::debian();
+        let version = "6.1.0-13-amd64";
+        t.file(
+            &format!("boot/config-{version}"),
+            "CONFIG_VIRTIO_PCI=y\nCONFIG_VIRTIO_BLK=m\nCONFIG_VIRTIO_NET=m\n",
+        )
+        .file(
+            &format!("usr/lib/modules/{version}/kernel/drivers/block/virtio_blk.ko"),
+            "",
+        )
+        .file(
+            &format!("usr/lib/modules/{version}/kernel/drivers/net/virtio_net.ko"),
+            "",
+        );
+        // No initramfs at all: the root disk cannot be found.
+        assert_eq!(
+            problems(&t.diagnose()),
+            vec![(
+                "virtio-driver-missing".into(),
+                Severity::Error,
+                Some(format!("boot/config-{version}:2"))
+            )]
+        );
+        // An initramfs (microcode part + gzip) without virtio_blk.
+        let mut image = cpio(&[("kernel/x86/microcode/AuthenticAMD.bin", b"u")]);
+        image.extend(compress("gzip", &cpio(&[("init", b"")])));
+        std::fs::write(t.path().join(format!("boot/initrd.img-{version}")), &image).unwrap();
+        let findings = t.diagnose();
+        assert_eq!(
+            problems(&findings),
+            vec![(
+                "virtio-driver-missing".into(),
+                Severity::Error,
+                Some(format!("boot/config-{version}:2"))
+            )]
+        );
+        assert!(
+            the(&findings, "virtio-driver-missing")
+                .detail
+                .contains("virtio_blk.ko is not in boot/initrd.img-")
+        );
+        // With it (compressed module, zstd initramfs): present; virtio_net may stay on the root.
+        let mut image = cpio(&[("kernel/x86/microcode/AuthenticAMD.bin", b"u")]);
+        let main = cpio(&[(
+            &format!("usr/lib/modules/{version}/kernel/drivers/block/virtio_blk.ko.zst"),
+            b"",
+        )]);
+        image.extend(compress("zstd", &main));
+        std::fs::write(t.path().join(format!("boot/initrd.img-{version}")), &image).unwrap();
+        let findings = t.diagnose();
+        assert_eq!(problems(&findings), vec![]);
+        assert!(
+            the(&findings, "virtio-drivers-present")
+                .detail
+                .ends_with(&format!(", in boot/initrd.img-{version}"))
+        );
+        // Garbage where the initramfs should be.
+        std::fs::write(
+            t.path().join(format!("boot/initrd.img-{version}")),
+            b"garbage",
+        )
+        .unwrap();
+        assert_eq!(
+            problems(&t.diagnose()),
+            vec![(
+                "initramfs-unreadable".into(),
+                Severity::Warning,
+                Some(format!("boot/initrd.img-{version}"))
+            )]
         );
     }
 
