@@ -287,30 +287,32 @@ fn check_initramfs(
         }
         return Err(());
     };
-    let names = match super::initramfs::names(file) {
-        Ok(names) => names,
-        Err(e) => {
-            ctx.report(
-                Id::InitramfsUnreadable,
-                format!("{e:#}"),
-                Some(Evidence::file(&initramfs)),
-                None,
-            );
-            return Err(());
+    // Which of the needed modules appear: `.../virtio_blk.ko`, or compressed `.../virtio_blk.ko.zst`.
+    let mut present = vec![false; needed.len()];
+    let scanned = super::initramfs::for_each_name(file, &mut |name| {
+        let base = name.rsplit('/').next().unwrap_or(name);
+        for ((_, module, _), seen) in needed.iter().zip(present.iter_mut()) {
+            if base == module
+                || base
+                    .strip_prefix(module.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+            {
+                *seen = true;
+            }
         }
-    };
+    });
+    if let Err(e) = scanned {
+        ctx.report(
+            Id::InitramfsUnreadable,
+            format!("{e:#}"),
+            Some(Evidence::file(&initramfs)),
+            None,
+        );
+        return Err(());
+    }
     let mut missing = false;
-    for (option, module, line) in needed {
-        // `.../virtio_blk.ko`, or compressed `.../virtio_blk.ko.zst`.
-        let present = names.iter().any(|n| {
-            n.rsplit('/').next().is_some_and(|base| {
-                base == module
-                    || base
-                        .strip_prefix(module.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))
-            })
-        });
-        if !present {
+    for ((option, module, line), seen) in needed.iter().zip(present) {
+        if !seen {
             missing = true;
             ctx.report(
                 Id::VirtioMissing,

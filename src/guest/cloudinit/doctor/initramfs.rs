@@ -15,8 +15,6 @@ use anyhow::{Context as _, Result, anyhow, bail};
 const HEADER_LEN: usize = 110;
 /// Longest name accepted in an archive (PATH_MAX); longer is not an initramfs.
 const MAX_NAME: usize = 4096;
-/// Most names collected: far above any real initramfs, and a bound on memory.
-const MAX_ENTRIES: usize = 1_000_000;
 const TRAILER: &str = "TRAILER!!!";
 
 /// The decompressor for a part, told by its magic bytes.
@@ -35,9 +33,9 @@ fn decompressor(magic: &[u8]) -> Option<&'static str> {
         .map(|(_, tool)| *tool)
 }
 
-/// Every file name in the initramfs (as stored, e.g. `usr/lib/modules/...`).
-pub fn names(mut file: File) -> Result<Vec<String>> {
-    let mut names = Vec::new();
+/// Calls `visit` with every file name in the initramfs (as stored, e.g.
+/// `usr/lib/modules/...`); nothing is kept, so memory stays bounded by one name.
+pub fn for_each_name(mut file: File, visit: &mut dyn FnMut(&str)) -> Result<()> {
     let mut offset = 0u64;
     loop {
         file.seek(SeekFrom::Start(offset))?;
@@ -47,10 +45,10 @@ pub fn names(mut file: File) -> Result<Vec<String>> {
         offset += skipped;
         let magic = reader.fill_buf()?.to_vec();
         if magic.is_empty() {
-            return Ok(names);
+            return Ok(());
         }
         if magic.starts_with(b"07070") {
-            let consumed = read_archive(&mut reader, &mut names)?;
+            let consumed = read_archive(&mut reader, visit)?;
             offset += consumed;
             continue;
         }
@@ -82,15 +80,14 @@ pub fn names(mut file: File) -> Result<Vec<String>> {
                 if decompressed.fill_buf()?.is_empty() {
                     return Ok(());
                 }
-                read_archive(&mut decompressed, &mut names)?;
+                read_archive(&mut decompressed, visit)?;
             }
         })();
         // Stop the decompressor whatever happened (it may still be writing).
         drop(decompressed);
         let _ = child.kill();
         let _ = child.wait();
-        result?;
-        return Ok(names);
+        return result;
     }
 }
 
@@ -119,7 +116,7 @@ fn hex_field(header: &[u8], index: usize) -> Result<u64> {
 }
 
 /// Reads one archive up to and including its trailer; returns the bytes consumed.
-fn read_archive(reader: &mut impl BufRead, names: &mut Vec<String>) -> Result<u64> {
+fn read_archive(reader: &mut impl BufRead, visit: &mut dyn FnMut(&str)) -> Result<u64> {
     let mut consumed = 0u64;
     loop {
         let mut header = [0u8; HEADER_LEN];
@@ -151,10 +148,7 @@ fn read_archive(reader: &mut impl BufRead, names: &mut Vec<String>) -> Result<u6
         if name == TRAILER {
             return Ok(consumed);
         }
-        if names.len() >= MAX_ENTRIES {
-            bail!("more than {MAX_ENTRIES} entries");
-        }
-        names.push(name);
+        visit(&name);
     }
 }
 
@@ -217,7 +211,9 @@ pub(crate) mod tests {
     fn names_of(bytes: &[u8]) -> Result<Vec<String>> {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(bytes).unwrap();
-        names(file)
+        let mut names = Vec::new();
+        for_each_name(file, &mut |n| names.push(n.to_string()))?;
+        Ok(names)
     }
 
     #[test]
