@@ -379,7 +379,11 @@ fn doctor_and_clean_find_an_image_root_without_cloud_cfg_by_os_release() {
     // Nothing left to clean: not even mounted read-write.
     let cleaned = sha256(&image);
     run(&["clean"], &image, 0);
-    assert_eq!(sha256(&image), cleaned, "clean with nothing to remove changed the image");
+    assert_eq!(
+        sha256(&image),
+        cleaned,
+        "clean with nothing to remove changed the image"
+    );
     let (out, _) = run(&["doctor"], &image, 4);
     assert!(!out.contains("previous-instance-state"), "{out}");
     assert!(out.contains("error[cloud-init-not-installed]"), "{out}");
