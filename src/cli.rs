@@ -1,6 +1,9 @@
 //! Command-line interface: the flags, and the run that ties profiles, the
 //! effective configuration, the plan, the root and the report together.
 
+mod clean;
+mod doctor;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -30,7 +33,7 @@ use crate::access::lock::{self, LockMode, RootLock};
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Exit codes: 0 done or nothing to do (--dry-run: planned), 1 error, nothing written (also for --dry-run and --check), 2 usage error, 3 a setting is overwritten (--check), 4 the files were written but the report failed, 128+N stopped by signal N."
+    after_help = "Exit codes: 0 done or nothing to do (--dry-run: planned), 1 error, nothing written (also for --dry-run and --check), 2 usage error, 3 a setting is overwritten (--check), 4 doctor found errors, 5 the files were written but the report failed, 128+N stopped by signal N."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -84,6 +87,12 @@ pub struct KeepArgs {
     /// outside itself is refused.
     #[arg(long)]
     pub allow_backing: bool,
+
+    /// In the same run (one attach and mount), also clean what the build
+    /// machine's boot left, as `prepare-image clean`: cloud-init's state and
+    /// logs; `--clean=machine-id,ssh-host-keys,network` adds those.
+    #[arg(long, value_name = "EXTRAS", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub clean: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +128,12 @@ pub enum Command {
         #[arg(long)]
         allow_backing: bool,
     },
+    /// Find, offline, everything that will break cloud-init at first boot
+    /// (or the cloud's import): exit 4 when an error is found.
+    Doctor(DoctorArgs),
+    /// Remove what the build machine's boot left: cloud-init's state and
+    /// logs; with flags, the machine id, SSH host keys, rendered network files.
+    Clean(CleanArgs),
     /// List the profiles: what each edits and what it breaks.
     Profiles,
     /// Print a shell completion script (e.g. `prepare-image completions bash >
@@ -129,6 +144,62 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `prepare-image man | man -l -`.
     Man,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The image's root directory (or / for the live system), or an image file.
+    #[arg(value_name = "TARGET", default_value = "/")]
+    pub target: PathBuf,
+
+    /// For an image file: the partition holding the root filesystem.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+
+    /// For a qcow2 or vmdk overlay: also read its backing files (regular
+    /// files only, never written).
+    #[arg(long)]
+    pub allow_backing: bool,
+
+    /// Also list the checks that passed.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Repair what doctor can (the shebangs of cloud-init's commands), then check again.
+    #[arg(long)]
+    pub fix: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// The image's root directory (or / for the live system), or an image file.
+    #[arg(value_name = "TARGET", default_value = "/")]
+    pub target: PathBuf,
+
+    /// For an image file: the partition holding the root filesystem.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+
+    /// For a qcow2 or vmdk overlay: also read its backing files (regular
+    /// files only, never written).
+    #[arg(long)]
+    pub allow_backing: bool,
+
+    /// List every path and its size; remove nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Empty /etc/machine-id and remove a copied /var/lib/dbus/machine-id.
+    #[arg(long)]
+    pub machine_id: bool,
+
+    /// Remove the SSH host keys (refused unless something regenerates them at first boot).
+    #[arg(long)]
+    pub ssh_host_keys: bool,
+
+    /// Remove the network files cloud-init rendered for the build machine.
+    #[arg(long)]
+    pub network: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,6 +222,8 @@ pub enum Outcome {
     Success,
     /// `--check` found changes pending.
     Pending,
+    /// `doctor` found an error.
+    Findings,
 }
 
 /// A usage error found after parsing (an unknown profile name): exit 2.
@@ -165,7 +238,7 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// A failure after the files were written (exit 4): the message names the
+/// A failure after the files were written (exit 5): the message names the
 /// files, so nobody takes it for "nothing was written".
 #[derive(Debug)]
 pub struct AfterWrite(pub String);
@@ -227,6 +300,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             })();
             finish(target, result)
         }
+        Some(Command::Doctor(args)) => doctor::run(args, cli.output.format, out, err),
+        Some(Command::Clean(args)) => clean::run(args, cli.output.format, out, err),
         None => keep(cli, &catalogue, out, err, style),
     }
 }
@@ -269,14 +344,14 @@ fn roff_text(text: &str) -> String {
 
 /// Releases the target whatever happened; the run's own error wins over a
 /// release error, which is reported when the run itself succeeded.
-fn finish(target: Target, result: Result<Outcome>) -> Result<Outcome> {
+pub(crate) fn finish(target: Target, result: Result<Outcome>) -> Result<Outcome> {
     let closed = target.close();
     let outcome = result?;
     closed?;
     Ok(outcome)
 }
 
-fn describe(target: &Target) -> TargetDescription {
+pub(crate) fn describe(target: &Target) -> TargetDescription {
     TargetDescription {
         path: target.display_path(),
         image: target.image().cloned(),
@@ -301,6 +376,10 @@ fn keep(
     } else {
         Mode::Apply
     };
+    let cleaning = match &args.clean {
+        Some(extras) => Some(clean::options_from(extras, mode != Mode::Apply)?),
+        None => None,
+    };
     // An image is mounted read-write only when there is something to write:
     // even a read-write mount that writes nothing changes the image file (the
     // superblock's mount count, the journal). So an image is always planned
@@ -317,9 +396,13 @@ fn keep(
     } else {
         LockMode::Shared
     };
-    let (target, (lock, plan)) = match plan_on(&first, &selected, lock_mode) {
+    let planned = plan_on(&first, &selected, lock_mode).and_then(|(lock, plan)| {
+        let writes = plan.pending() || clean_pending(&first, &plan, cleaning)?;
+        Ok((lock, plan, writes))
+    });
+    let (target, lock, plan) = match planned {
         Err(e) => return finish(first, Err(e)),
-        Ok((lock, plan)) if mode == Mode::Apply && is_image && plan.pending() => {
+        Ok((lock, _, true)) if mode == Mode::Apply && is_image => {
             // The same partition again, now writable; plan again on what is
             // really there (nothing may have changed, but we do not assume).
             drop(lock);
@@ -327,25 +410,39 @@ fn keep(
             first.close()?;
             let target = Target::open(&args.target, true, partition, args.allow_backing)?;
             match plan_on(&target, &selected, lock_mode) {
-                Ok(planned) => (target, planned),
+                Ok((lock, plan)) => (target, lock, plan),
                 Err(e) => return finish(target, Err(e)),
             }
         }
-        Ok(planned) => (first, planned),
+        Ok((lock, plan, _)) => (first, lock, plan),
     };
     let result = (|| {
         interrupt::check()?;
+        // A clean that will be refused is refused before the keep writes anything.
+        let mut cleaned = match cleaning {
+            Some(options) => Some(clean::after_keep(target.root(), &plan, options, true)?),
+            None => None,
+        };
         let written = mode == Mode::Apply && plan.pending();
         let backups = if written {
             write(target.root(), &plan, args.backup, args.break_hard_links)?
         } else {
             Vec::new()
         };
+        if let Some(options) = cleaning.filter(|_| mode == Mode::Apply) {
+            cleaned = Some(clean::after_keep(target.root(), &plan, options, false)?);
+        }
         drop(lock);
         // From here on the files are written; a signal only shortens cleanup.
         let _ = interrupt::pause_point("written");
+        let mut keep_json = Vec::new();
+        let keep_out: &mut dyn Write = if cleaned.is_some() && cli.output.format == Format::Json {
+            &mut keep_json
+        } else {
+            out
+        };
         let reported = report::keep(
-            out,
+            keep_out,
             err,
             &describe(&target),
             &plan,
@@ -354,12 +451,20 @@ fn keep(
             &backups,
             cli.output.format,
             style,
-        );
+        )
+        .and_then(|()| match &cleaned {
+            Some(report) => {
+                let root = describe(&target).path.display().to_string();
+                clean::report_after_keep(out, err, cli.output.format, &root, report, mode != Mode::Apply, &keep_json)
+            }
+            None => Ok(()),
+        });
+        let clean_pending = cleaned.as_ref().is_some_and(|r| !r.is_empty());
         match reported {
-            Err(e) if written && !is_broken_pipe(&e) => {
+            Err(e) if (written || (mode == Mode::Apply && clean_pending)) && !is_broken_pipe(&e) => {
                 return Err(anyhow!(AfterWrite(format!(
                     "{e:#}; the files WERE written: {}",
-                    changed_paths(&plan)
+                    changed_paths(&plan, clean_pending)
                 ))));
             }
             reported => reported?,
@@ -368,7 +473,7 @@ fn keep(
         // tidies up (an entry in a module list cloud-init does not use) is
         // shown, but is not pending work.
         let overwritten = plan.before.iter().any(|s| !s.kept);
-        Ok(if mode == Mode::Check && overwritten {
+        Ok(if mode == Mode::Check && (overwritten || clean_pending) {
             Outcome::Pending
         } else {
             Outcome::Success
@@ -377,13 +482,27 @@ fn keep(
     finish(target, result)
 }
 
-fn changed_paths(plan: &Plan) -> String {
-    plan.files
+fn changed_paths(plan: &Plan, cleaned: bool) -> String {
+    let mut paths: Vec<String> = plan
+        .files
         .iter()
         .filter(|f| f.changed())
         .map(|f| f.path.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    if cleaned {
+        paths.push("and --clean removed what it lists".to_string());
+    }
+    paths.join(", ")
+}
+
+/// Whether a keep's `--clean` has anything to remove (a read-only look, so
+/// that an image is mounted read-write only when something will change).
+fn clean_pending(target: &Target, plan: &Plan, cleaning: Option<clean::Options>) -> Result<bool> {
+    let Some(options) = cleaning else {
+        return Ok(false);
+    };
+    let report = clean::after_keep(target.root(), plan, options, true)?;
+    Ok(!report.is_empty())
 }
 
 /// Locks the root, reads the configuration in the target and plans the

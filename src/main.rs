@@ -13,9 +13,10 @@ use prepare_image::report::{NamedStream, Style};
 const EXIT_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_PENDING: u8 = 3;
+const EXIT_FINDINGS: u8 = 4;
 /// The files were written, but what came after failed (the report, e.g. on
 /// a full stdout): the message names the files.
-const EXIT_AFTER_WRITE: u8 = 4;
+const EXIT_AFTER_WRITE: u8 = 5;
 /// Stopped by signal N: 128 + N, as shells report it.
 const EXIT_SIGNAL_BASE: u8 = 128;
 
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     match cli::run(&cli, &mut out, &mut err, style) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Pending) => ExitCode::from(EXIT_PENDING),
+        Ok(Outcome::Findings) => ExitCode::from(EXIT_FINDINGS),
         // A closed pipe (`prepare-image ... | head`) is the reader's choice, not an error.
         Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {

@@ -134,7 +134,7 @@ impl TargetDescription {
         }
     }
 
-    fn image_json(&self) -> serde_json::Value {
+    pub(crate) fn image_json(&self) -> serde_json::Value {
         match &self.image {
             None => serde_json::Value::Null,
             Some(i) => json!({

@@ -425,7 +425,7 @@ fn a_full_stdout_after_writing_says_the_files_were_written() {
     let dir = two_file_root();
     let out = run_into_full_stdout(&["--keep", "all"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(
         stderr.starts_with("error: cannot write to stdout: No space left on device")
             && stderr.contains(

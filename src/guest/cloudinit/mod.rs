@@ -2,6 +2,8 @@
 //! configuration across `cloud.cfg.d`, the lossless editor, the planner and
 //! the keep profiles.
 
+pub mod clean;
+pub mod doctor;
 pub mod document;
 pub mod editor;
 pub mod effective;
