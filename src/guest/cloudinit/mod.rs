@@ -5,5 +5,6 @@
 pub mod document;
 pub mod editor;
 pub mod effective;
+pub mod mergers;
 pub mod plan;
 pub mod profile;

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow, bail};
 
 use crate::guest::cloudinit::editor::{self, Edit};
-use crate::guest::cloudinit::effective::{ConfigSet, SettingState, setting_state};
+use crate::guest::cloudinit::effective::{ConfigSet, Lookup, SettingState, setting_state};
 use crate::guest::cloudinit::profile::{Condition, Profile, Warning};
 
 #[derive(Debug, Clone)]
@@ -129,8 +129,10 @@ fn distinct_edits<'a>(profiles: &[&'a Profile]) -> Vec<Wanted<'a>> {
 /// Per file, the edits to apply there (with the index of the wanted edit
 /// each serves): removals everywhere; a `set` only where the key is already
 /// present, and added in one place when no file decides it (module doc).
+/// A file cloud-init ignores gets no edit: it counts for nothing.
 fn edits_per_file(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Vec<(usize, Edit)>> {
     let mut per_file: Vec<Vec<(usize, Edit)>> = vec![Vec::new(); set.files.len()];
+    let read = |file: usize| set.files[file].ignored.is_none();
     for (index, w) in wanted.iter().enumerate() {
         let Edit::Set {
             path,
@@ -138,22 +140,25 @@ fn edits_per_file(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Vec<(usize, Edit)>>
             add_if_missing,
         } = w.edit
         else {
-            for edits in per_file.iter_mut() {
-                edits.push((index, w.edit.clone()));
+            for (file, edits) in per_file.iter_mut().enumerate() {
+                if read(file) {
+                    edits.push((index, w.edit.clone()));
+                }
             }
             continue;
         };
         let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+        let current = set.lookup(&keys);
+        if let Lookup::Found(current) = current {
+            let top_level_key = (keys.len() == 1).then_some(keys[0]);
+            if editor::satisfies(top_level_key, current, value) {
+                continue;
+            }
+        }
+        if current == Lookup::Missing && !add_if_missing {
+            continue;
+        }
         let decision = set.decider(&keys);
-        if decision
-            .as_ref()
-            .is_some_and(|d| d.complete && editor::satisfies(&d.node.to_value(), value))
-        {
-            continue;
-        }
-        if decision.is_none() && !add_if_missing {
-            continue;
-        }
         let in_place = Edit::Set {
             path: path.clone(),
             value: value.clone(),
@@ -168,13 +173,23 @@ fn edits_per_file(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Vec<(usize, Edit)>>
             Some(d) if d.complete => None,
             Some(d) => Some(d.file),
             None => Some(
-                set.files
-                    .iter()
-                    .rposition(|f| f.doc.root.as_ref().and_then(|r| r.get(&path[0])).is_some())
+                set.reads()
+                    .filter(|&f| {
+                        set.files[f]
+                            .doc
+                            .root
+                            .as_ref()
+                            .and_then(|r| r.get(&path[0]))
+                            .is_some()
+                    })
+                    .last()
                     .unwrap_or(0),
             ),
         };
         for (file_index, edits) in per_file.iter_mut().enumerate() {
+            if !read(file_index) {
+                continue;
+            }
             let add_here = *add_if_missing && add_to == Some(file_index);
             edits.push((
                 index,
@@ -199,6 +214,17 @@ fn edit_files(
     let mut files = Vec::new();
     let mut changed_wanted = vec![false; wanted.len()];
     for (file, edits) in set.files.iter().zip(per_file) {
+        if edits.is_empty() {
+            // Nothing to do here (or a file cloud-init ignores, which the
+            // editor must not touch).
+            files.push(FilePlan {
+                path: file.path.clone(),
+                old_text: file.text.clone(),
+                new_text: file.text.clone(),
+                changes: Vec::new(),
+            });
+            continue;
+        }
         let just_edits: Vec<Edit> = edits.iter().map(|(_, e)| e.clone()).collect();
         let edited = editor::apply(&file.text, &just_edits)
             .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
@@ -240,6 +266,13 @@ fn verify(old: &ConfigSet, new: &ConfigSet, wanted: &[Wanted]) -> Result<()> {
     }
     let actual = new.effective();
     if actual != expected {
+        if let Some(&(file, line)) = old.merge_keys().first() {
+            bail!(
+                "{}: line {line}: cloud-init merges the files with this merge_how / merge_type, and the edits \
+                 would not have the intended effect under it; nothing was written: edit the files by hand",
+                old.files[file].path.display()
+            );
+        }
         bail!(
             "internal error: the edits would change the effective configuration beyond what was asked; nothing was written \
              (expected {expected}, got {actual}); please report this with the files"
