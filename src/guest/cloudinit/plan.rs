@@ -76,7 +76,13 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
     let per_file = edits_per_file(set, &wanted);
     let (files, changed_wanted) = edit_files(set, &wanted, &per_file)?;
     let new_set = set.with_texts(&files.iter().map(|f| f.new_text.clone()).collect::<Vec<_>>())?;
-    verify(set, &new_set, &wanted)?;
+    if let Err(e) = verify(set, &new_set, &wanted) {
+        let ignored = ignored_files_note(set);
+        if ignored.is_empty() {
+            return Err(e);
+        }
+        bail!("the keep would need a file that cloud-init ignores; nothing was written{ignored}");
+    }
     let before: Vec<SettingState> = profiles.iter().map(|p| setting_state(set, p)).collect();
     let after: Vec<SettingState> = profiles
         .iter()
@@ -89,8 +95,9 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
             .filter(|r| r.overwrites)
             .map(|r| r.text.clone())
             .collect();
+        let ignored = ignored_files_note(set);
         bail!(
-            "could not keep {}: {}; nothing was written",
+            "could not keep {}: {}; nothing was written{ignored}",
             failed.setting,
             why.join("; ")
         );
@@ -103,6 +110,22 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
         before,
         after,
     })
+}
+
+/// A file cloud-init ignores is never edited; when a keep fails, this names
+/// them, since fixing such a file is the way out.
+fn ignored_files_note(set: &ConfigSet) -> String {
+    set.files
+        .iter()
+        .filter_map(|f| {
+            f.ignored.as_ref().map(|i| {
+                format!(
+                    "; {}: {i}, so it was not edited: fix it, then run again",
+                    f.path.display()
+                )
+            })
+        })
+        .collect()
 }
 
 /// The profiles' edits, each once, with every profile that asked for it.
