@@ -601,6 +601,32 @@ fn compare(set: &ConfigSet, judge: &serde_json::Value) -> Vec<(&'static str, Str
             found.push((key, format!("ours {ours}, theirs {}", judge[key])));
         }
     }
+    // Under the default mergers one file decides each scalar: the one
+    // `status` names and the planner edits.
+    if set.default_merge() {
+        for path in [
+            &["preserve_hostname"][..],
+            &["manage_etc_hosts"],
+            &["network", "config"],
+            &["a"],
+            &["m", "x"],
+        ] {
+            if let Lookup::Found(v) = set.lookup(path)
+                && !matches!(v, Value::Map(_))
+            {
+                let decided = set
+                    .decider(path)
+                    .filter(|d| d.complete)
+                    .map(|d| d.node.to_value());
+                if decided.as_ref() != Some(v) {
+                    found.push((
+                        "attribution",
+                        format!("{path:?}: effective {v}, decider {decided:?}"),
+                    ));
+                }
+            }
+        }
+    }
     // The status verdicts, as `status` and `--check` compute them.
     let statuses = [
         (

@@ -199,45 +199,68 @@ impl ConfigSet {
         order
     }
 
-    /// The file that decides the value at `path` under the default mergers:
-    /// the highest-precedence file defining it wins, except that a mapping
-    /// at a prefix in a higher file hides a non-mapping there in a lower one.
-    /// With other mergers this may not be where the value comes from; callers
-    /// compare with [`ConfigSet::lookup`].
+    /// The file that decides the value at `path` under the default mergers,
+    /// replaying their rule key by key in precedence order: the first value
+    /// found stays, except that a mapping found later is merged into a
+    /// mapping, and replaces a string or a list (`m_dict` recurses into
+    /// every mapping, and `m_str` / `m_list` give the incoming value back);
+    /// a later non-mapping never counts. With other mergers this may not be
+    /// where the value comes from; callers compare with [`ConfigSet::lookup`].
     pub fn decider(&self, path: &[&str]) -> Option<Decision<'_>> {
-        // mapped[d]: a higher-precedence file has a mapping at path[..=d].
-        let mut mapped = vec![false; path.len()];
-        'files: for index in self.by_precedence() {
-            let Some(mut node) = self.files[index].doc.root.as_ref() else {
-                continue;
-            };
-            for (depth, key) in path.iter().enumerate() {
-                let Some((key_node, value)) = node.get(key) else {
-                    continue 'files;
+        let is_map = |n: &Node| matches!(n.kind, NodeKind::Map { .. });
+        let yields_to_a_map = |n: &Node| {
+            matches!(
+                n.kind,
+                NodeKind::Seq { .. }
+                    | NodeKind::Scalar {
+                        value: Value::Str(_),
+                        ..
+                    }
+            )
+        };
+        // The mappings merged at the current depth, in precedence order.
+        let mut maps: Vec<(usize, &Node)> = self
+            .by_precedence()
+            .into_iter()
+            .filter_map(|i| Some((i, self.files[i].doc.root.as_ref()?)))
+            .filter(|(_, root)| is_map(root))
+            .collect();
+        for (depth, key) in path.iter().enumerate() {
+            let mut state: Option<(usize, &Node, &Node)> = None;
+            let mut merged_maps = Vec::new();
+            for &(file, map) in &maps {
+                let Some((key_node, value)) = map.get(key) else {
+                    continue;
                 };
-                let last = depth + 1 == path.len();
-                if last {
-                    return Some(Decision {
-                        file: index,
-                        line: key_node.line,
-                        node: value,
-                        complete: true,
-                    });
-                }
-                if matches!(value.kind, NodeKind::Map { .. }) {
-                    mapped[depth] = true;
-                    node = value;
-                } else if mapped[depth] {
-                    continue 'files;
-                } else {
-                    return Some(Decision {
-                        file: index,
-                        line: key_node.line,
-                        node: value,
-                        complete: false,
-                    });
+                match state {
+                    None => {
+                        state = Some((file, key_node, value));
+                        if is_map(value) {
+                            merged_maps.push((file, value));
+                        }
+                    }
+                    Some((_, _, current)) if is_map(value) => {
+                        if is_map(current) {
+                            merged_maps.push((file, value));
+                        } else if yields_to_a_map(current) {
+                            state = Some((file, key_node, value));
+                            merged_maps = vec![(file, value)];
+                        }
+                    }
+                    Some(_) => {}
                 }
             }
+            let (file, key_node, value) = state?;
+            let complete = depth + 1 == path.len();
+            if complete || !is_map(value) {
+                return Some(Decision {
+                    file,
+                    line: key_node.line,
+                    node: value,
+                    complete,
+                });
+            }
+            maps = merged_maps;
         }
         None
     }
@@ -387,10 +410,13 @@ fn merge_files(
     files: &[ConfigFile],
     drop_ins: &[usize],
 ) -> Result<(Value, bool), (usize, mergers::MergeError)> {
-    let value_of = |index: usize| files[index].doc.to_value();
-    let default_merge = std::iter::once(0).chain(drop_ins.iter().copied()).all(|i| {
-        let v = value_of(i);
-        v.get("merge_how").is_none() && v.get("merge_type").is_none()
+    let values: Vec<Value> = files.iter().map(|f| f.doc.to_value()).collect();
+    let value_of = |index: usize| values[index].clone();
+    let default_merge = files.iter().all(|f| {
+        f.doc
+            .root
+            .as_ref()
+            .is_none_or(|r| r.get("merge_how").is_none() && r.get("merge_type").is_none())
     });
     let order: Vec<usize> = drop_ins.iter().rev().copied().collect();
     let drop_in_cfg = mergers::merge_many(order.iter().map(|&i| value_of(i)).collect())
@@ -402,7 +428,7 @@ fn merge_files(
             order
                 .iter()
                 .copied()
-                .find(|&f| value_of(f).get("merge_type").is_some())
+                .find(|&f| values[f].get("merge_type").is_some())
                 .unwrap_or(0)
         } else {
             0
@@ -827,6 +853,55 @@ mod tests {
         ]);
         assert!(s.decider(&["network", "config"]).is_none());
         assert_eq!(s.effective().get("network").unwrap().get("config"), None);
+    }
+
+    #[test]
+    fn a_lower_mapping_replaces_a_higher_string_or_list() {
+        // m_dict recurses into the incoming mapping, and m_str / m_list hand
+        // it back: the drop-in's string loses to cloud.cfg's mapping.
+        for higher in ["network: x\n", "network: [a]\n"] {
+            let s = set(&[
+                ("cloud.cfg", "network: {config: disabled}\n"),
+                ("d/50.cfg", higher),
+            ]);
+            assert_eq!(
+                s.lookup(&["network", "config"]),
+                Lookup::Found(&Value::Str("disabled".into())),
+                "{higher}"
+            );
+            let d = s.decider(&["network", "config"]).unwrap();
+            assert_eq!((d.file, d.line, d.complete), (0, 1, true), "{higher}");
+        }
+        // A number or a null stays.
+        let s = set(&[
+            ("cloud.cfg", "network: {config: disabled}\n"),
+            ("d/50.cfg", "network: 5\n"),
+        ]);
+        assert_eq!(s.effective().get("network"), Some(&Value::Int(5)));
+        let d = s.decider(&["network", "config"]).unwrap();
+        assert_eq!((d.file, d.complete), (1, false));
+    }
+
+    #[test]
+    fn translate_bool_is_cloud_init_s() {
+        let yes = |text: &str| translate_bool(&document::resolve_plain(text), &[]);
+        for t in ["true", "True", "yes", "on", "1", "ON"] {
+            assert!(yes(t), "{t}");
+        }
+        for t in ["y", "Y", "n", "2", "0", "false", "enabled", "~", "1.0"] {
+            assert!(!yes(t), "{t}");
+        }
+        assert!(translate_bool(&Value::Str(" Yes\u{1f}".into()), &[]));
+        assert!(!translate_bool(&Value::Seq(vec![Value::Int(1)]), &[]));
+        assert!(reads_as_true(
+            Some("manage_etc_hosts"),
+            &Value::Str("localhost".into())
+        ));
+        assert!(reads_as_true(
+            Some("manage_etc_hosts"),
+            &Value::Str("Template".into())
+        ));
+        assert!(!reads_as_true(None, &Value::Str("localhost".into())));
     }
 
     #[test]
