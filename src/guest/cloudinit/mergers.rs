@@ -300,7 +300,7 @@ fn list_extract_mergers(raw: &Value) -> Result<Vec<(String, Options)>, MergeErro
                         "a merger mapping has no `settings` (cloud-init fails with a KeyError)",
                     );
                 };
-                (Value::Str(name), Options::from_value(settings)?)
+                (Value::Str(name), Settings::Given(settings.clone()))
             }
             Value::Str(s) => {
                 let mut chars = s.chars();
@@ -315,13 +315,13 @@ fn list_extract_mergers(raw: &Value) -> Result<Vec<(String, Options)>, MergeErro
                 } else {
                     Options::Text(rest)
                 };
-                (Value::Str(first.to_string()), options)
+                (Value::Str(first.to_string()), Settings::Ready(options))
             }
             Value::Seq(parts) => match parts.split_first() {
                 None => {
                     return fail("a merger is an empty list (cloud-init fails with an IndexError)");
                 }
-                Some((name, rest)) => (name.clone(), Options::List(rest.to_vec())),
+                Some((name, rest)) => (name.clone(), Settings::Ready(Options::List(rest.to_vec()))),
             },
             other => {
                 return fail(format!(
@@ -339,9 +339,20 @@ fn list_extract_mergers(raw: &Value) -> Result<Vec<(String, Options)>, MergeErro
                 python_type_name(&name)
             ));
         };
+        // Settings are only looked into when the merger is built, so those
+        // of a skipped entry never fail.
+        let options = match options {
+            Settings::Ready(options) => options,
+            Settings::Given(value) => Options::from_value(&value)?,
+        };
         parsed.push((name, options));
     }
     Ok(parsed)
+}
+
+enum Settings {
+    Ready(Options),
+    Given(Value),
 }
 
 /// `mergemanydict(sources)`: sources from the highest precedence down, each
@@ -677,6 +688,11 @@ mod tests {
             ]),
             v("a: 2\n")
         );
+        // An entry with an empty name is skipped, settings unread.
+        assert_eq!(
+            merged(&["a: 1\n", "merge_how: [{name: '', settings: 5}]\na: 2\n"]),
+            v("a: 1\n")
+        );
         // allow_delete with a null removes.
         assert_eq!(
             merged(&["a: 1\nb: 1\n", "merge_how: dict(allow_delete)\na: null\n"]),
@@ -702,6 +718,7 @@ mod tests {
             "merge_how: [{name: dict}]\na: 1\n",
             "merge_how: [[Dict]]\na: 1\n",
             "merge_how: [{name: dict, settings: 5}]\na: 1\n",
+            "merge_how: ['dict']\na: 1\n",
         ] {
             assert!(merge_many(vec![v("a: 0\n"), v(bad)]).is_err(), "{bad}");
         }
