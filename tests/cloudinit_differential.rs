@@ -225,6 +225,12 @@ const MERGE_HOWS: &[&str] = &[
     "~",
     "{dict: 1}",
     "[[m_dict, replace], [m_str, append]]",
+    "[{name: '', settings: 5}, [list, prepend]]",
+    "[[m_list, append], [dict, recurse_array]]",
+    "[[~, x], [dict, replace]]",
+    "'dict(recurse_array,recurse_str)+list(replace,recurse_str)+str(append)'",
+    "'list(no_replace)+dict(recurse_list)'",
+    "'dict(replace)+list(append)+str(append)'",
 ];
 
 const CONF_DS: &[&str] = &[
@@ -254,6 +260,8 @@ const MODULES: &[&str] = &[
 const SCALARS: &[&str] = &[
     "1", "2", "x", "'x y'", "\"q\"", "~", "0.5", "ab", "cd", "-3", "0x10", "'a:b'", "true",
 ];
+
+const NUMERIC_KEYS: &[&str] = &["1", "true", "1.0", "'1'"];
 
 /// Texts PyYAML rejects and our parser rejects too; cloud-init ignores them.
 const REJECTED: &[&str] = &[
@@ -357,6 +365,7 @@ fn config_text(rng: &mut Rng, is_base: bool, conf_d: Option<&str>) -> String {
         "m",
         "l",
         "s",
+        "num",
     ];
     for _ in 0..rng.below(6) {
         let key = *rng.pick(&keys);
@@ -386,6 +395,19 @@ fn config_text(rng: &mut Rng, is_base: bool, conf_d: Option<&str>) -> String {
                 Tree::List((0..rng.below(4)).map(|_| scalar(rng, MODULES)).collect())
             }
             "s" => scalar(rng, &["ab", "cd", "'e f'"]),
+            // Keys Python's dict takes as one: 1, true and 1.0 (one per
+            // file: within a file that is the YAML loader's business).
+            "num" => {
+                if entries
+                    .iter()
+                    .any(|(k, _)| NUMERIC_KEYS.contains(&k.as_str()))
+                {
+                    continue;
+                }
+                let spelled = *rng.pick(NUMERIC_KEYS);
+                entries.push((spelled.to_string(), value(rng, 0)));
+                continue;
+            }
             "l" => Tree::List((0..rng.below(4)).map(|_| scalar(rng, SCALARS)).collect()),
             _ => value(rng, 0),
         };
