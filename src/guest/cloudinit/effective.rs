@@ -362,11 +362,17 @@ fn read_config_text(text: &str) -> Result<(Document, Option<Ignored>), ParseErro
     match document::parse(text) {
         Ok(doc) => Ok((doc, None)),
         Err(e) if cloud_init_ignores(&e) => {
+            // The loader may already say that cloud-init ignores the file;
+            // keep only what PyYAML says.
             let problem = e
                 .message
+                .strip_prefix("cloud-init ignores this file (PyYAML: ")
+                .and_then(|m| m.strip_suffix(')'))
+                .unwrap_or(&e.message);
+            let problem = problem
                 .split(" (cloud-init would ignore this file)")
                 .next()
-                .unwrap_or(&e.message)
+                .unwrap_or(problem)
                 .to_string();
             Ok((
                 Document { root: None },
@@ -398,7 +404,8 @@ fn template_kind(text: &str) -> Option<String> {
 /// Whether cloud-init reads a text we cannot parse as `{}`. PyYAML's errors
 /// (`YAMLError`), a top level that is not a mapping (`TypeError`) are
 /// caught by `load_yaml`; only our own limits on size and depth are not
-/// PyYAML's verdict, and refuse.
+/// PyYAML's verdict, and refuse. (When the loader tells them apart itself,
+/// `ParseError::is_ignored_by_cloud_init`, this asks it.)
 fn cloud_init_ignores(e: &ParseError) -> bool {
     !e.message.contains("Jinja")
 }

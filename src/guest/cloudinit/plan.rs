@@ -104,6 +104,16 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
     }
     let mut warnings = applicable_warnings(set, profiles, &wanted, &changed_wanted);
     warnings.extend(duplicate_key_warnings(set, &wanted));
+    warnings.extend(set.files.iter().filter_map(|f| {
+        f.ignored.as_ref().map(|i| Warning {
+            id: "ignored-file".to_string(),
+            text: format!(
+                "{}: {i}; nothing in it counts, and it was not edited",
+                f.path.display()
+            ),
+            condition: Condition::Always,
+        })
+    }));
     Ok(Plan {
         files,
         warnings,
