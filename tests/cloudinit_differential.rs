@@ -3,10 +3,10 @@
 //! Generates cloud.cfg + drop-in trees from a fixed seed (booleans of every
 //! spelling, module entries in every form, block and flow, comments, CRLF,
 //! `merge_how` / `merge_type` in string and list forms, `conf_d`, symlinks
-//! reaching a file twice, non-UTF-8 names, files PyYAML rejects, non-mapping
-//! top levels), writes each into a temporary root, and asks one long-lived
-//! `/usr/bin/python3` running cloud-init's own `util.read_conf_with_confd`
-//! inside that root (tests/judge/cloud_init_judge.py). Per case it compares
+//! reaching a file twice, non-UTF-8 names and contents, files PyYAML
+//! rejects, non-mapping top levels, `## template: basic`), writes each into
+//! a temporary root, and asks one long-lived `/usr/bin/python3` running
+//! cloud-init's own `util.read_conf_with_confd` inside that root (tests/judge/cloud_init_judge.py). Per case it compares
 //! the merged configuration, whether cloud-init fails, how many files it
 //! ignores, and how cloud-init's modules read preserve_hostname,
 //! manage_etc_hosts and network.config against our effective configuration
@@ -433,6 +433,10 @@ fn config_text(rng: &mut Rng, is_base: bool, conf_d: Option<&str>) -> String {
     let mut text = String::new();
     if rng.percent(30) {
         text.push_str("#cloud-config\n");
+    } else if rng.percent(3) {
+        // Not Jinja: read as it is. (A Jinja template we refuse by design:
+        // cloud-init renders it once instance data exists.)
+        text.push_str("## template: basic\n");
     }
     if rng.percent(20) {
         // The whole document in flow style.
@@ -519,7 +523,8 @@ fn generate(rng: &mut Rng) -> Case {
         names.push(name);
         let path = [dir, b"/", name].concat();
         let node = match rng.below(100) {
-            0..=79 => Node::File(config_text(rng, false, None).into_bytes()),
+            0..=1 => Node::File(b"a: caf\xe9\n".to_vec()),
+            2..=79 => Node::File(config_text(rng, false, None).into_bytes()),
             80..=87 if names.len() > 1 => Node::Link(names[rng.below(names.len() - 1)].to_vec()),
             88..=91 => Node::Link(
                 rng.pick(&[&b"/etc/cloud/cloud.cfg"[..], b"../cloud.cfg"])
