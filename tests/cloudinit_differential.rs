@@ -12,7 +12,7 @@
 //! manage_etc_hosts and network.config against our effective configuration
 //! and our per-setting verdicts. Any disagreement fails the test.
 //!
-//! `PREPARE_IMAGE_DIFF_CASES` sets the number of cases (default 2000) and
+//! `PREPARE_IMAGE_DIFF_CASES` sets the number of cases (default 1500, about 45 s) and
 //! `PREPARE_IMAGE_DIFF_SEED` the seed. The generated YAML stays within what
 //! our parser and PyYAML read alike; syntax differences are the YAML
 //! differential test's subject.
@@ -717,7 +717,7 @@ fn effective_configuration_agrees_with_cloud_init() {
         nix::unistd::Uid::effective().is_root(),
         "the judge chroots into each case: run the tests as root"
     );
-    let cases = env_number("PREPARE_IMAGE_DIFF_CASES", 2000);
+    let cases = env_number("PREPARE_IMAGE_DIFF_CASES", 1500);
     let seed = env_number("PREPARE_IMAGE_DIFF_SEED", 0x5eed_c10d);
     let mut rng = Rng(seed);
     let mut judge = Judge::start();
