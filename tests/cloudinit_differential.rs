@@ -12,10 +12,10 @@
 //! manage_etc_hosts and network.config against our effective configuration
 //! and our per-setting verdicts. Any disagreement fails the test.
 //!
-//! `PREPARE_IMAGE_DIFF_CASES` sets the number of cases (default 1500, about 45 s) and
-//! `PREPARE_IMAGE_DIFF_SEED` the seed. The generated YAML stays within what
-//! our parser and PyYAML read alike; syntax differences are the YAML
-//! differential test's subject.
+//! `PREPARE_IMAGE_DIFF_CASES` sets the number of cases (default 1500, about
+//! 45 s) and `PREPARE_IMAGE_DIFF_SEED` the seed. The generated YAML stays
+//! within what our parser and PyYAML read alike; syntax differences are the
+//! YAML differential test's subject.
 //!
 //! Needs: Debian's python3 with python3-yaml, python3-jinja2,
 //! python3-configobj, python3-jsonpatch, python3-jsonschema,
