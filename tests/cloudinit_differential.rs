@@ -116,8 +116,8 @@ fn untag(tagged: &serde_json::Value) -> Value {
         }),
         "str" => Value::Str(inner.as_str().unwrap().to_string()),
         "date" => Value::Timestamp(inner.as_str().unwrap().to_string()),
-        "list" => Value::Seq(inner.as_array().unwrap().iter().map(untag).collect()),
-        "map" => Value::Map(
+        "list" => Value::seq(inner.as_array().unwrap().iter().map(untag).collect()),
+        "map" => Value::map(
             inner
                 .as_array()
                 .unwrap()

@@ -404,10 +404,13 @@ fn template_kind(text: &str) -> Option<String> {
 /// Whether cloud-init reads a text we cannot parse as `{}`. PyYAML's errors
 /// (`YAMLError`), a top level that is not a mapping (`TypeError`) are
 /// caught by `load_yaml`; only our own limits on size and depth are not
-/// PyYAML's verdict, and refuse. (When the loader tells them apart itself,
-/// `ParseError::is_ignored_by_cloud_init`, this asks it.)
+/// PyYAML's verdict, and refuse.
 fn cloud_init_ignores(e: &ParseError) -> bool {
+    // saphyr-parser's own nesting limit is a bound too (and PyYAML, deep
+    // enough, raises a RecursionError that cloud-init does not catch).
     !e.message.contains("Jinja")
+        && !e.exceeds_a_bound()
+        && !e.message.contains("recursion limit exceeded")
 }
 
 /// `read_conf_with_confd`'s merge: the drop-ins from the last read down,
@@ -842,7 +845,7 @@ mod tests {
         assert_eq!(e.get("a"), Some(&Value::Int(2)));
         assert_eq!(e.get("m").unwrap().get("x"), Some(&Value::Int(1)));
         assert_eq!(e.get("m").unwrap().get("y"), Some(&Value::Int(2)));
-        assert_eq!(e.get("l"), Some(&Value::Seq(vec![Value::Int(3)])));
+        assert_eq!(e.get("l"), Some(&Value::seq(vec![Value::Int(3)])));
         assert_eq!(e.get("n"), Some(&Value::Int(5)));
         let d = s.decider(&["m", "y"]).unwrap();
         assert_eq!((d.file, d.line, d.complete), (1, 2, true));
@@ -899,7 +902,7 @@ mod tests {
             assert!(!yes(t), "{t}");
         }
         assert!(translate_bool(&Value::Str(" Yes\u{1f}".into()), &[]));
-        assert!(!translate_bool(&Value::Seq(vec![Value::Int(1)]), &[]));
+        assert!(!translate_bool(&Value::seq(vec![Value::Int(1)]), &[]));
         assert!(reads_as_true(
             Some("manage_etc_hosts"),
             &Value::Str("localhost".into())

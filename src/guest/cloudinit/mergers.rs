@@ -15,6 +15,9 @@
 //! its keys); where cloud-init itself raises an exception, so that it cannot
 //! read its configuration at all, we return an error instead of a guess.
 
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use crate::guest::cloudinit::document::Value;
 
 /// Why cloud-init could not merge a source: it raises an exception there.
@@ -46,7 +49,7 @@ enum Options {
 impl Options {
     fn from_value(value: &Value) -> Result<Options, MergeError> {
         match value {
-            Value::Seq(items) => Ok(Options::List(items.clone())),
+            Value::Seq(items) => Ok(Options::List(items.to_vec())),
             Value::Str(s) => Ok(Options::Text(s.clone())),
             Value::Map(entries) => Ok(Options::Keys(
                 entries.iter().map(|(k, _)| k.clone()).collect(),
@@ -268,7 +271,7 @@ fn string_extract_mergers(text: &str) -> Result<Vec<(String, Vec<String>)>, Merg
 /// or `{name: ..., settings: ...}`.
 fn list_extract_mergers(raw: &Value) -> Result<Vec<(String, Options)>, MergeError> {
     let items: Vec<Value> = match raw {
-        Value::Seq(items) => items.clone(),
+        Value::Seq(items) => items.to_vec(),
         Value::Map(entries) => entries.iter().map(|(k, _)| k.clone()).collect(),
         other => {
             return fail(format!(
@@ -359,160 +362,235 @@ enum Settings {
 /// merged into the result with its own mergers. Empty sources are skipped.
 /// On failure, the index of the source cloud-init fails on.
 pub fn merge_many(sources: Vec<Value>) -> Result<Value, (usize, MergeError)> {
-    let mut merged = Value::Map(Vec::new());
+    let mut merged = Value::map(Vec::new());
     for (index, source) in sources.into_iter().enumerate() {
-        let Value::Map(mut entries) = source else {
+        let Value::Map(entries) = source else {
             continue;
         };
         if entries.is_empty() {
             continue;
         }
+        let mut entries = Rc::unwrap_or_clone(entries);
         let mergers = extract_mergers(&mut entries).map_err(|e| (index, e))?;
-        merged = merge(&mergers, merged, Value::Map(entries)).map_err(|e| (index, e))?;
+        let mut merge = Merge {
+            mergers: &mergers,
+            memo: HashMap::new(),
+        };
+        merged = merge
+            .merge(merged, Value::map(entries))
+            .map_err(|e| (index, e))?;
     }
     Ok(merged)
 }
 
-/// `LookupMerger.merge(value, merge_with)`: the first merger that handles
-/// the type of `value` decides; a type none handles keeps `value`.
-fn merge(mergers: &Mergers, value: Value, merge_with: Value) -> Result<Value, MergeError> {
+/// The address of a shared list or mapping.
+fn address(value: &Value) -> Option<usize> {
     match value {
-        Value::Map(_) => match mergers.first(|m| matches!(m, Merger::Dict { .. })) {
-            Some(Merger::Dict {
-                method,
-                recurse_str,
-                recurse_array,
-                allow_delete,
-            }) => merge_dict(
-                mergers,
-                value,
-                merge_with,
-                method,
-                recurse_str,
-                recurse_array,
-                allow_delete,
-            ),
-            _ => Ok(value),
-        },
-        Value::Seq(_) => match mergers.first(|m| matches!(m, Merger::List { .. })) {
-            Some(Merger::List {
-                method,
-                recurse_str,
-                recurse_dict,
-                recurse_array,
-            }) => merge_list(
-                mergers,
-                value,
-                merge_with,
-                method,
-                (recurse_str, recurse_dict, recurse_array),
-            ),
-            _ => Ok(value),
-        },
-        Value::Str(_) => match mergers.first(|m| matches!(m, Merger::Str { .. })) {
-            Some(Merger::Str { append }) => merge_str(value, merge_with, append),
-            _ => Ok(value),
-        },
-        other => Ok(other),
+        Value::Seq(items) => Some(Rc::as_ptr(items) as *const u8 as usize),
+        Value::Map(entries) => Some(Rc::as_ptr(entries) as *const u8 as usize),
+        _ => None,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn merge_dict(
-    mergers: &Mergers,
-    value: Value,
-    merge_with: Value,
-    method: Method,
-    recurse_str: bool,
-    recurse_array: bool,
-    allow_delete: bool,
-) -> Result<Value, MergeError> {
-    let Value::Map(mut entries) = value else {
-        return Ok(value);
-    };
-    let Value::Map(with) = merge_with else {
-        return Ok(Value::Map(entries));
-    };
-    for (key, new) in with {
-        match entries.iter().position(|(k, _)| python_key_eq(k, &key)) {
-            None => entries.push((key, new)),
-            Some(i) if new == Value::Null && allow_delete => {
-                entries.remove(i);
-            }
-            Some(i) => {
-                let old = std::mem::replace(&mut entries[i].1, Value::Null);
-                entries[i].1 = if method == Method::Replace {
-                    new
-                } else {
-                    let recurse = match &new {
-                        Value::Seq(_) => recurse_array,
-                        Value::Str(_) => recurse_str,
-                        // recurse_dict is always on in m_dict.
-                        Value::Map(_) => true,
-                        _ => false,
-                    };
-                    if recurse {
-                        merge(mergers, old, new)?
+/// One source merged with its mergers. Values built through aliases are
+/// DAGs whose trees may be exponentially large; merging the same pair of
+/// shared collections again gives the same result, so `memo` (by the pair's
+/// addresses, holding both so no address is reused) answers it instead.
+struct Merge<'a> {
+    mergers: &'a Mergers,
+    memo: HashMap<(usize, usize), (Value, Value, Value)>,
+}
+
+impl Merge<'_> {
+    /// `LookupMerger.merge(value, merge_with)`: the first merger that
+    /// handles the type of `value` decides; a type none handles keeps
+    /// `value`.
+    fn merge(&mut self, value: Value, merge_with: Value) -> Result<Value, MergeError> {
+        let pair = address(&value).zip(address(&merge_with));
+        if let Some(pair) = pair
+            && let Some((_, _, done)) = self.memo.get(&pair)
+        {
+            return Ok(done.clone());
+        }
+        let result = self.dispatch(value.clone(), merge_with.clone())?;
+        if let Some(pair) = pair {
+            self.memo.insert(pair, (value, merge_with, result.clone()));
+        }
+        Ok(result)
+    }
+
+    fn dispatch(&mut self, value: Value, merge_with: Value) -> Result<Value, MergeError> {
+        let mergers = self.mergers;
+        match value {
+            Value::Map(_) => match mergers.first(|m| matches!(m, Merger::Dict { .. })) {
+                Some(Merger::Dict {
+                    method,
+                    recurse_str,
+                    recurse_array,
+                    allow_delete,
+                }) => self.merge_dict(
+                    value,
+                    merge_with,
+                    method,
+                    (recurse_str, recurse_array, allow_delete),
+                ),
+                _ => Ok(value),
+            },
+            Value::Seq(_) => match mergers.first(|m| matches!(m, Merger::List { .. })) {
+                Some(Merger::List {
+                    method,
+                    recurse_str,
+                    recurse_dict,
+                    recurse_array,
+                }) => self.merge_list(
+                    value,
+                    merge_with,
+                    method,
+                    (recurse_str, recurse_dict, recurse_array),
+                ),
+                _ => Ok(value),
+            },
+            Value::Str(_) => match mergers.first(|m| matches!(m, Merger::Str { .. })) {
+                Some(Merger::Str { append }) => merge_str(value, merge_with, append),
+                _ => Ok(value),
+            },
+            other => Ok(other),
+        }
+    }
+
+    fn merge_dict(
+        &mut self,
+        value: Value,
+        merge_with: Value,
+        method: Method,
+        (recurse_str, recurse_array, allow_delete): (bool, bool, bool),
+    ) -> Result<Value, MergeError> {
+        let Value::Map(entries) = value else {
+            return Ok(value);
+        };
+        let Value::Map(with) = merge_with else {
+            return Ok(Value::Map(entries));
+        };
+        let mut entries = Rc::unwrap_or_clone(entries);
+        let mut index = StrKeyIndex::of(&entries);
+        for (key, new) in with.iter() {
+            match index.find(&entries, key) {
+                None => {
+                    index.pushed(&entries, key);
+                    entries.push((key.clone(), new.clone()));
+                }
+                Some(i) if *new == Value::Null && allow_delete => {
+                    entries.remove(i);
+                    index = StrKeyIndex::of(&entries);
+                }
+                Some(i) => {
+                    let old = std::mem::replace(&mut entries[i].1, Value::Null);
+                    entries[i].1 = if method == Method::Replace {
+                        new.clone()
                     } else {
-                        old
-                    }
-                };
+                        let recurse = match new {
+                            Value::Seq(_) => recurse_array,
+                            Value::Str(_) => recurse_str,
+                            // recurse_dict is always on in m_dict.
+                            Value::Map(_) => true,
+                            _ => false,
+                        };
+                        if recurse {
+                            self.merge(old, new.clone())?
+                        } else {
+                            old
+                        }
+                    };
+                }
             }
         }
+        Ok(Value::map(entries))
     }
-    Ok(Value::Map(entries))
+
+    fn merge_list(
+        &mut self,
+        value: Value,
+        merge_with: Value,
+        method: Method,
+        (recurse_str, recurse_dict, recurse_array): (bool, bool, bool),
+    ) -> Result<Value, MergeError> {
+        let Value::Seq(old) = value else {
+            return Ok(value);
+        };
+        if method == Method::Replace && !matches!(merge_with, Value::Seq(_)) {
+            return Ok(merge_with);
+        }
+        match method {
+            Method::Prepend => {
+                let mut merged = python_iterate(&merge_with)?;
+                merged.extend(old.iter().cloned());
+                return Ok(Value::seq(merged));
+            }
+            Method::Append => {
+                let mut merged = Rc::unwrap_or_clone(old);
+                merged.extend(python_iterate(&merge_with)?);
+                return Ok(Value::seq(merged));
+            }
+            _ => {}
+        }
+        let with_len = python_len(&merge_with)?;
+        if method == Method::NoReplace {
+            return Ok(Value::Seq(old));
+        }
+        let Value::Seq(with) = merge_with else {
+            unreachable!("replace with a non-list returned above")
+        };
+        let mut merged = Rc::unwrap_or_clone(old);
+        let common = merged.len().min(with_len);
+        for (slot, new) in merged.iter_mut().zip(with.iter()).take(common) {
+            let recurse = match new {
+                Value::Seq(_) => recurse_array,
+                Value::Str(_) => recurse_str,
+                Value::Map(_) => recurse_dict,
+                _ => false,
+            };
+            let old = std::mem::replace(slot, Value::Null);
+            *slot = if recurse {
+                self.merge(old, new.clone())?
+            } else {
+                new.clone()
+            };
+        }
+        Ok(Value::seq(merged))
+    }
 }
 
-fn merge_list(
-    mergers: &Mergers,
-    value: Value,
-    merge_with: Value,
-    method: Method,
-    (recurse_str, recurse_dict, recurse_array): (bool, bool, bool),
-) -> Result<Value, MergeError> {
-    let Value::Seq(old) = value else {
-        return Ok(value);
-    };
-    if method == Method::Replace && !matches!(merge_with, Value::Seq(_)) {
-        return Ok(merge_with);
-    }
-    match method {
-        Method::Prepend => {
-            let mut merged = python_iterate(&merge_with)?;
-            merged.extend(old);
-            return Ok(Value::Seq(merged));
+/// Finds a key of a mapping under construction as a Python dict does:
+/// string keys through a hash index (mappings may hold thousands of keys),
+/// the few others by Python's equality (`1`, `1.0` and `true` are one key).
+struct StrKeyIndex {
+    strings: HashMap<String, usize>,
+}
+
+impl StrKeyIndex {
+    fn of(entries: &[(Value, Value)]) -> StrKeyIndex {
+        let mut strings = HashMap::new();
+        for (i, (k, _)) in entries.iter().enumerate() {
+            if let Value::Str(s) = k {
+                strings.entry(s.clone()).or_insert(i);
+            }
         }
-        Method::Append => {
-            let mut merged = old;
-            merged.extend(python_iterate(&merge_with)?);
-            return Ok(Value::Seq(merged));
+        StrKeyIndex { strings }
+    }
+
+    fn find(&self, entries: &[(Value, Value)], key: &Value) -> Option<usize> {
+        match key {
+            Value::Str(s) => self.strings.get(s).copied(),
+            _ => entries.iter().position(|(k, _)| python_key_eq(k, key)),
         }
-        _ => {}
     }
-    let with_len = python_len(&merge_with)?;
-    let mut merged = old;
-    let common = merged.len().min(with_len);
-    if method == Method::NoReplace {
-        return Ok(Value::Seq(merged));
+
+    /// Records `key`, about to be pushed at the end of `entries`.
+    fn pushed(&mut self, entries: &[(Value, Value)], key: &Value) {
+        if let Value::Str(s) = key {
+            self.strings.insert(s.clone(), entries.len());
+        }
     }
-    let Value::Seq(with) = merge_with else {
-        unreachable!("replace with a non-list returned above")
-    };
-    for (slot, new) in merged.iter_mut().zip(with).take(common) {
-        let recurse = match &new {
-            Value::Seq(_) => recurse_array,
-            Value::Str(_) => recurse_str,
-            Value::Map(_) => recurse_dict,
-            _ => false,
-        };
-        let old = std::mem::replace(slot, Value::Null);
-        *slot = if recurse {
-            merge(mergers, old, new)?
-        } else {
-            new
-        };
-    }
-    Ok(Value::Seq(merged))
 }
 
 fn merge_str(value: Value, merge_with: Value, append: bool) -> Result<Value, MergeError> {
@@ -531,7 +609,7 @@ fn merge_str(value: Value, merge_with: Value, append: bool) -> Result<Value, Mer
 /// `list.extend(x)`: the items Python iterates `x` into.
 fn python_iterate(value: &Value) -> Result<Vec<Value>, MergeError> {
     match value {
-        Value::Seq(items) => Ok(items.clone()),
+        Value::Seq(items) => Ok(items.to_vec()),
         Value::Map(entries) => Ok(entries.iter().map(|(k, _)| k.clone()).collect()),
         Value::Str(s) => Ok(s.chars().map(|c| Value::Str(c.to_string())).collect()),
         other => fail(format!(
@@ -706,6 +784,27 @@ mod tests {
             ]),
             v("s: abcd\n")
         );
+    }
+
+    #[test]
+    fn aliased_mappings_merge_without_expanding() {
+        // Ten levels of mappings of ten aliases each: 10^10 leaves once
+        // expanded. Merged with itself (a drop-in reached twice) and with
+        // recursion into lists, it must stay as small as the text.
+        let mut text = String::from("l0: &l0 {a: 1, b: [1], c: x}\n");
+        for i in 1..10 {
+            let keys: Vec<String> = (0..10).map(|k| format!("k{k}: *l{}", i - 1)).collect();
+            text += &format!("l{i}: &l{i} {{{}}}\n", keys.join(", "));
+        }
+        let laughs = v(&text);
+        let merged = merge_many(vec![laughs.clone(), laughs.clone()]).unwrap();
+        assert_eq!(merged, laughs);
+        let appending = v(&format!(
+            "merge_how: 'dict(recurse_array,recurse_str)+list(append)+str(append)'\n{text}"
+        ));
+        let merged = merge_many(vec![laughs, appending]).unwrap();
+        let l0 = merged.get("l0").unwrap();
+        assert_eq!(l0.get("c"), Some(&Value::Str("xx".into())));
     }
 
     #[test]

@@ -363,7 +363,7 @@ impl<'a> Fields<'a> {
                 allowed.join(", ")
             );
         };
-        for (key, _) in entries {
+        for (key, _) in entries.iter() {
             match key.key_str() {
                 Some(k) if allowed.contains(&k) => {}
                 _ => bail!(
