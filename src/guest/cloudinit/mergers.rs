@@ -535,6 +535,20 @@ impl Merge<'_> {
         }
         let with_len = python_len(&merge_with)?;
         if method == Method::NoReplace {
+            // Python still evaluates `merge_with[i]` for each common index
+            // before keeping the old item: a mapping without those keys
+            // raises a KeyError.
+            if let Value::Map(entries) = &merge_with
+                && let Some(missing) = (0..old.len().min(with_len)).find(|&i| {
+                    !entries
+                        .iter()
+                        .any(|(k, _)| python_key_eq(k, &Value::Int(i as i128)))
+                })
+            {
+                return fail(format!(
+                    "list(no_replace) would look up item {missing} of a mapping (cloud-init fails with a KeyError)"
+                ));
+            }
             return Ok(Value::Seq(old));
         }
         let Value::Seq(with) = merge_with else {
@@ -821,6 +835,23 @@ mod tests {
         ] {
             assert!(merge_many(vec![v("a: 0\n"), v(bad)]).is_err(), "{bad}");
         }
+        // list(no_replace) indexes a mapping it is given by position.
+        let no_replace = "merge_how: 'list(no_replace)+dict(recurse_list)'\n";
+        assert!(
+            merge_many(vec![
+                v("m: [1]\n"),
+                v(&format!("{no_replace}m: {{x: 1}}\n"))
+            ])
+            .is_err()
+        );
+        assert_eq!(
+            merge_many(vec![
+                v("m: [1]\n"),
+                v(&format!("{no_replace}m: {{0: 1}}\n"))
+            ])
+            .unwrap(),
+            v("m: [1]\n")
+        );
         assert!(
             merge_many(vec![
                 v("s: ab\n"),
