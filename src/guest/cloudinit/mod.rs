@@ -7,5 +7,6 @@ pub mod doctor;
 pub mod document;
 pub mod editor;
 pub mod effective;
+pub mod mergers;
 pub mod plan;
 pub mod profile;
