@@ -10,15 +10,15 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::guest::cloudinit::effective::{self, setting_state};
+use crate::access::commit;
 use crate::access::image::interrupt;
+use crate::access::lock::{self, LockMode, RootLock};
+use crate::access::root::Root;
+use crate::access::target::Target;
+use crate::guest::cloudinit::effective::{self, setting_state};
 use crate::guest::cloudinit::plan::{self, Plan};
 use crate::guest::cloudinit::profile::{self, Profile};
 use crate::report::{self, Mode, Style, TargetDescription};
-use crate::access::root::Root;
-use crate::access::target::Target;
-use crate::access::commit;
-use crate::access::lock::{self, LockMode, RootLock};
 
 /// Keep chosen settings of a cloud image through cloud-init's first boot.
 ///
@@ -295,7 +295,18 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             let result = (|| {
                 let set = effective::load(target.root())?;
                 let states: Vec<_> = catalogue.iter().map(|p| setting_state(&set, p)).collect();
-                report::status(out, &describe(&target), &states, cli.output.format)?;
+                let ignored: Vec<_> = set
+                    .files
+                    .iter()
+                    .filter_map(|f| f.ignored.as_ref().map(|i| (f.path.clone(), i.to_string())))
+                    .collect();
+                report::status(
+                    out,
+                    &describe(&target),
+                    &states,
+                    &ignored,
+                    cli.output.format,
+                )?;
                 Ok(Outcome::Success)
             })();
             finish(target, result)

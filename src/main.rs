@@ -5,8 +5,8 @@ use std::io::{self, IsTerminal, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
-use prepare_image::cli::{self, AfterWrite, Cli, ColorWhen, Outcome, UsageError};
 use prepare_image::access::image::interrupt::Interrupted;
+use prepare_image::cli::{self, AfterWrite, Cli, ColorWhen, Outcome, UsageError};
 use prepare_image::report::{NamedStream, Style};
 
 /// Documented exit codes (README, "Exit codes").

@@ -25,7 +25,9 @@
 use std::collections::BTreeSet;
 
 use prepare_image::guest::cloudinit::document;
-use prepare_image::guest::cloudinit::editor::{self, Edit, canonical_module_name, is_module_list_key};
+use prepare_image::guest::cloudinit::editor::{
+    self, Edit, canonical_module_name, is_module_list_key,
+};
 use prepare_image::guest::cloudinit::profile;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};

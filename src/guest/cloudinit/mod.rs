@@ -8,5 +8,6 @@ pub mod document;
 pub mod editor;
 pub mod effective;
 pub mod merge_key;
+pub mod mergers;
 pub mod plan;
 pub mod profile;
