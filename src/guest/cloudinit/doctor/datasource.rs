@@ -7,7 +7,7 @@ use super::python::Install;
 use super::{Context, Id};
 use crate::doctor::Evidence;
 use crate::guest::cloudinit::document::{self, Value};
-use crate::guest::cloudinit::effective::{self, CLOUD_CFG, ConfigFile, ConfigSet};
+use crate::guest::cloudinit::effective::{self, CLOUD_CFG, ConfigSet};
 
 /// Tencent Cloud delivers vendor_data.json and network_data.json through it.
 const CONFIG_DRIVE: &str = "ConfigDrive";
@@ -18,7 +18,10 @@ const NONE: &str = "None";
 /// checks the datasources; returns the configuration for the other checks.
 pub(super) fn check_config(ctx: &mut Context<'_>, install: &Install) -> Option<ConfigSet> {
     let config = match effective::load(ctx.root) {
-        Ok(config) => Some(config),
+        Ok(config) => {
+            report_ignored_files(ctx, &config);
+            Some(config)
+        }
         Err(_) if ctx.read(CLOUD_CFG).is_none() => {
             // cloud-init then runs on its built-in defaults, which list no module at all.
             ctx.report(
@@ -33,6 +36,31 @@ pub(super) fn check_config(ctx: &mut Context<'_>, install: &Install) -> Option<C
     };
     check_datasources(ctx, install, config.as_ref());
     config
+}
+
+/// Files cloud-init reads as `{}` because PyYAML rejects them (or their top
+/// level is not a mapping): whatever they set does not happen.
+fn report_ignored_files(ctx: &mut Context<'_>, config: &ConfigSet) {
+    for file in &config.files {
+        let Some(ignored) = &file.ignored else {
+            continue;
+        };
+        let path = file.path.clone();
+        ctx.report(
+            Id::ConfigUnparsable,
+            ignored.to_string(),
+            Some(Evidence {
+                path: path.clone(),
+                line: ignored.line,
+            }),
+            Some(format!(
+                "fix the YAML at {}:{} (check with python3 -c 'import yaml,sys; yaml.safe_load(open(sys.argv[1]))' /{})",
+                path.display(),
+                ignored.line.unwrap_or(1),
+                path.display()
+            )),
+        );
+    }
 }
 
 /// When the configuration cannot be loaded whole: each file cloud-init would
@@ -55,7 +83,7 @@ fn readable_files(ctx: &mut Context<'_>) -> Option<ConfigSet> {
                             .filter(|d| !d.is_empty());
                     }
                 }
-                files.push(ConfigFile { path, text, doc });
+                files.push((path, text));
             }
             // A Jinja template is rendered by the build, not read as YAML by us.
             Err(e) if e.message.contains("Jinja") => {}
@@ -90,7 +118,10 @@ fn readable_files(ctx: &mut Context<'_>) -> Option<ConfigSet> {
             }
         }
     }
-    (!files.is_empty()).then_some(ConfigSet { files })
+    if files.is_empty() {
+        return None;
+    }
+    ConfigSet::from_texts(files).ok()
 }
 
 /// The datasources this cloud-init has: `cloudinit/sources/DataSourceX.py` → X.

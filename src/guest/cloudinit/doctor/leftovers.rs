@@ -8,7 +8,7 @@ use super::{Context, Id};
 use crate::access::root::{EntryKind, Root};
 use crate::doctor::Evidence;
 use crate::guest::cloudinit::document::Value;
-use crate::guest::cloudinit::effective::ConfigSet;
+use crate::guest::cloudinit::effective::{self, ConfigSet};
 
 pub const CLOUD_STATE: &str = "var/lib/cloud";
 pub const CLOUD_LOGS: &[&str] = &["var/log/cloud-init.log", "var/log/cloud-init-output.log"];
@@ -114,7 +114,7 @@ pub fn cloud_init_regenerates_host_keys(config: &ConfigSet) -> bool {
     let effective = config.effective();
     let deletes = effective
         .get("ssh_deletekeys")
-        .is_none_or(|v| v.cloud_init_bool() != Some(false));
+        .is_none_or(|v| effective::translate_bool(v, &[]));
     let generates =
         !matches!(effective.get("ssh_genkeytypes"), Some(Value::Seq(types)) if types.is_empty());
     deletes && generates
