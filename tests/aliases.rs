@@ -243,11 +243,11 @@ fn a_scalar_through_a_merge_key_is_set_by_an_explicit_key_over_it() {
 
 #[test]
 fn a_scalar_written_as_an_alias_is_replaced_by_the_value() {
-    let text = "no: &n false\npreserve_hostname: *n\nmanage_etc_hosts: {x: 1}\nm: {manage_etc_hosts: *n}\ncloud_final_modules: [a]\n";
-    let plan = planned(text, "hostname,hosts");
+    let text = "no: &n false\npreserve_hostname: *n\nm: {manage_etc_hosts: *n}\ncloud_final_modules: [a]\n";
+    let plan = planned(text, "hostname");
     assert_eq!(
         plan.files[0].new_text,
-        "no: &n false\npreserve_hostname: true\nmanage_etc_hosts: false\nm: {manage_etc_hosts: *n}\ncloud_final_modules: [a]\n"
+        "no: &n false\npreserve_hostname: true\nm: {manage_etc_hosts: *n}\ncloud_final_modules: [a]\n"
     );
     assert_eq!(
         plan.files[0].changes[0].what,
