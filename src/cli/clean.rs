@@ -10,7 +10,6 @@ use crate::access::root::{EntryKind, Root};
 use crate::access::target::Target;
 pub(super) use crate::guest::cloudinit::clean::Options;
 use crate::guest::cloudinit::clean::{self, Report};
-use crate::guest::cloudinit::effective::ConfigSet;
 use crate::guest::cloudinit::plan::Plan;
 
 pub(super) fn run(
@@ -93,13 +92,7 @@ pub(super) fn after_keep(
     options: Options,
     dry_run: bool,
 ) -> Result<Report> {
-    let after = ConfigSet::from_texts(
-        plan.files
-            .iter()
-            .map(|f| (f.path.clone(), f.new_text.clone()))
-            .collect(),
-    )?;
-    clean::clean(root, Options { dry_run, ..options }, Some(&after))
+    clean::clean(root, Options { dry_run, ..options }, Some(&plan.config_after))
 }
 
 /// Reports the clean of a keep run: in text on stderr (stdout carries only

@@ -31,6 +31,9 @@ pub struct Plan {
     /// Per requested setting: before and after the edit.
     pub before: Vec<SettingState>,
     pub after: Vec<SettingState>,
+    /// The configuration as cloud-init will read it after these edits (the
+    /// same read sequence: a file reached twice is still read twice).
+    pub config_after: ConfigSet,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +122,7 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
         warnings,
         before,
         after,
+        config_after: new_set,
     })
 }
 
