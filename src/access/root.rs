@@ -1390,3 +1390,26 @@ mod no_follow_tests {
         assert!(image.path().is_dir());
     }
 }
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::*;
+
+    /// `error: {:#}` prints an error and its sources; the OS error's text is
+    /// already in the message, so it must appear once.
+    #[test]
+    fn an_os_error_is_named_once_in_the_whole_chain() {
+        let e = AccessError {
+            op: Op::Write,
+            path: PathBuf::from("/mnt/img/etc/cloud/cloud.cfg"),
+            resolved: None,
+            kind: AccessErrorKind::Other(io::Error::from_raw_os_error(libc::EBUSY)),
+        };
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(shown.matches("(os error 16)").count(), 1, "{shown}");
+        assert_eq!(
+            shown,
+            "cannot write /mnt/img/etc/cloud/cloud.cfg: Device or resource busy (os error 16)"
+        );
+    }
+}
