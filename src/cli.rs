@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::guest::cloudinit::effective::{self, setting_state};
 use crate::access::image::interrupt;
+use crate::access::root::Root;
+use crate::access::target::Target;
+use crate::guest::cloudinit::effective::{self, setting_state};
 use crate::guest::cloudinit::plan::{self, Plan};
 use crate::guest::cloudinit::profile::{self, Profile};
 use crate::report::{self, Mode, Style, TargetDescription};
-use crate::access::root::Root;
-use crate::access::target::Target;
 
 /// Keep chosen settings of a cloud image through cloud-init's first boot.
 ///

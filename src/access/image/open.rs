@@ -19,8 +19,8 @@ use super::loopdev::{self, LoopDevice};
 use super::mount::Mount;
 use super::partition::{self, Partition, Table};
 use super::qemu::RawView;
-use crate::guest::cloudinit::effective::CLOUD_CFG;
 use crate::access::root::Root;
+use crate::guest::cloudinit::effective::CLOUD_CFG;
 
 /// What a run worked on, for every report.
 #[derive(Debug, Clone, PartialEq, Eq)]

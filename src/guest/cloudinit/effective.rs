@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
 
+use crate::access::root::{AccessError, AccessErrorKind, Root};
 use crate::guest::cloudinit::document::{self, Document, Node, NodeKind, Value};
 use crate::guest::cloudinit::editor::{self, Edit, entry_module_name, is_module_list_key};
 use crate::guest::cloudinit::profile::Profile;
-use crate::access::root::{AccessError, AccessErrorKind, Root};
 
 /// Where cloud-init looks for its base configuration, relative to the root.
 pub const CLOUD_CFG: &str = "etc/cloud/cloud.cfg";

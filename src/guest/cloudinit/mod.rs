@@ -7,3 +7,4 @@ pub mod editor;
 pub mod effective;
 pub mod plan;
 pub mod profile;
+pub mod yaml;
