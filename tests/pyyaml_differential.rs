@@ -22,9 +22,7 @@
 
 mod judge;
 
-use std::collections::BTreeMap;
-
-use judge::{Judge, Rng, ours};
+use judge::{Judge, Rng};
 
 fn case_count() -> usize {
     std::env::var("PREPARE_IMAGE_DIFF_CASES")
@@ -528,29 +526,7 @@ fn pyyaml_and_we_read_yaml_alike() {
         })
         .collect();
     let verdicts = Judge::start().run(&cases);
-    let mut by_class: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, (text, theirs)) in cases.iter().zip(&verdicts).enumerate() {
-        let mine = ours(text);
-        *outcomes.entry(judge::outcome(theirs)).or_default() += 1;
-        if let Some(class) = judge::disagreement(theirs, &mine) {
-            by_class.entry(class).or_default().push(i);
-        }
-    }
-    println!("PyYAML differential: {count} cases, outcomes {outcomes:?}");
-    let total: usize = by_class.values().map(Vec::len).sum();
-    println!("disagreements: {total}");
-    for (class, idx) in &by_class {
-        println!("  {class}: {}", idx.len());
-        for &i in idx.iter().take(3) {
-            println!(
-                "    case {i}: {:?}\n      PyYAML: {}\n      ours:   {}",
-                cases[i],
-                verdicts[i],
-                ours(&cases[i])
-            );
-        }
-    }
+    let total = judge::compare_and_report("PyYAML differential", &cases, &verdicts);
     assert_eq!(
         total, 0,
         "we disagree with PyYAML on {total} of {count} cases"

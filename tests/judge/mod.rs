@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
@@ -135,6 +136,37 @@ pub fn disagreement(theirs: &J, mine: &J) -> Option<String> {
         return Some("both read it, meanings differ".to_string());
     }
     None
+}
+
+/// Compares our verdict with PyYAML's on every case, prints the counts of
+/// outcomes and of disagreements by class (with examples), and returns the
+/// number of disagreements.
+pub fn compare_and_report(title: &str, cases: &[String], verdicts: &[J]) -> usize {
+    let mut by_class: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, (text, theirs)) in cases.iter().zip(verdicts).enumerate() {
+        *outcomes.entry(outcome(theirs)).or_default() += 1;
+        if let Some(class) = disagreement(theirs, &ours(text)) {
+            by_class.entry(class).or_default().push(i);
+        }
+    }
+    let total: usize = by_class.values().map(Vec::len).sum();
+    println!(
+        "{title}: {} cases, PyYAML's outcomes {outcomes:?}, {total} disagreements",
+        cases.len()
+    );
+    for (class, idx) in &by_class {
+        println!("  {class}: {}", idx.len());
+        for &i in idx.iter().take(3) {
+            println!(
+                "    case {i}: {:?}\n      PyYAML: {}\n      ours:   {}",
+                cases[i],
+                verdicts[i],
+                ours(&cases[i])
+            );
+        }
+    }
+    total
 }
 
 /// xorshift64*: a fixed seed gives the same cases on every machine.

@@ -129,6 +129,12 @@ def judge(text):
         if loader is not None:
             loader.dispose()
     if value is None:
+        # An empty document is an empty configuration. A document that is
+        # only a null (`~`, an anchor or tag alone) is read as empty too: the
+        # same effect as a file cloud-init ignores, which is how we report
+        # it (there is no mapping to edit).
+        if node is not None and node.start_mark.index != node.end_mark.index:
+            return {"ok": False, "kind": "refused", "error": "a null document"}
         value = {}
     if not isinstance(value, dict):
         return {"ok": False, "kind": "refused", "error": "not a dict"}

@@ -522,6 +522,12 @@ pub fn parse(text: &str) -> Result<Document, ParseError> {
     {
         let what = match root.kind {
             NodeKind::Seq { .. } => "a list",
+            // `~`, `null`, or an anchor or tag alone: PyYAML loads None,
+            // which cloud-init reads as an empty configuration, the same as
+            // a file it ignores; there is no mapping to edit.
+            NodeKind::Scalar {
+                value: Value::Null, ..
+            } => "a null value (read as empty)",
             _ => "a single value",
         };
         return Err(error_at(
