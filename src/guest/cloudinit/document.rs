@@ -691,11 +691,21 @@ impl<'a> Loader<'a> {
                     mark_alias(&mut node);
                     Ok(node)
                 }
-                None => Err(error_at(
+                // An alias to a collection still open: yaml::check lets that
+                // through only where it is merged into itself, which adds
+                // nothing the collection does not already say.
+                None => Ok(Node {
+                    kind: NodeKind::Map {
+                        entries: Vec::new(),
+                        flow: true,
+                    },
+                    span: Span {
+                        start,
+                        end: event.end.byte,
+                    },
                     line,
-                    event.start.column,
-                    "an alias to an unknown anchor",
-                )),
+                    from_alias: true,
+                }),
             },
             other => Err(error_at(
                 line,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::scanner::{QuoteStyle, Scanner, Token, TokenKind};
-use super::{ErrorKind, Mark, YamlError};
+use super::{Mark, YamlError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScalarStyle {
@@ -98,16 +98,11 @@ pub struct Parser {
     states: Vec<State>,
     marks: Vec<Mark>,
     tag_handles: Vec<(String, String)>,
-    /// Composer rules: anchors seen in this document, the anchors of the
-    /// collections still open (an alias to one of them makes a recursive
-    /// structure), and how many documents have started.
+    /// Composer rules: anchors seen in this document (where), and how many
+    /// documents have started.
     anchors: HashMap<String, Mark>,
-    open_anchors: Vec<Option<String>>,
     documents: usize,
     first_document_start: Option<Mark>,
-    /// The first thing PyYAML reads but we cannot hold (reported only if
-    /// PyYAML raises nothing).
-    unsupported: Option<YamlError>,
 }
 
 fn default_tag_handles() -> Vec<(String, String)> {
@@ -126,10 +121,8 @@ impl Parser {
             marks: Vec::new(),
             tag_handles: Vec::new(),
             anchors: HashMap::new(),
-            open_anchors: Vec::new(),
             documents: 0,
             first_document_start: None,
-            unsupported: None,
         })
     }
 
@@ -145,9 +138,7 @@ impl Parser {
 
     /// What PyYAML reads but we cannot hold, once the stream is read.
     pub fn take_unsupported(&mut self) -> Option<YamlError> {
-        self.unsupported
-            .take()
-            .or_else(|| self.scanner.take_unsupported())
+        self.scanner.take_unsupported()
     }
 
     /// What PyYAML's composer refuses, checked in event order as it does.
@@ -175,30 +166,15 @@ impl Parser {
                         event.start,
                     ));
                 }
-                if self.open_anchors.iter().flatten().any(|a| a == anchor)
-                    && self.unsupported.is_none()
-                {
-                    let mut e = YamlError::marked(
-                        None,
-                        format!(
-                            "the alias '{anchor}' refers to a collection that contains it \
-                             (a recursive structure); prepare-image cannot work on that"
-                        ),
-                        event.start,
-                    );
-                    e.kind = ErrorKind::Unsupported;
-                    self.unsupported = Some(e);
-                }
             }
             EventKind::Scalar { anchor, .. } => self.define(anchor.as_deref(), event.start)?,
             EventKind::SequenceStart { anchor, .. } | EventKind::MappingStart { anchor, .. } => {
-                self.define(anchor.as_deref(), event.start)?;
-                self.open_anchors.push(anchor.clone());
+                self.define(anchor.as_deref(), event.start)?
             }
-            EventKind::SequenceEnd | EventKind::MappingEnd => {
-                self.open_anchors.pop();
-            }
-            EventKind::StreamStart | EventKind::StreamEnd => {}
+            EventKind::SequenceEnd
+            | EventKind::MappingEnd
+            | EventKind::StreamStart
+            | EventKind::StreamEnd => {}
         }
         Ok(())
     }

@@ -1,32 +1,25 @@
-//! Would `SafeLoader` raise? The composer (nodes shared through aliases)
-//! and the constructor (`flatten_mapping` for merge keys, hashable keys, the
-//! tags SafeLoader knows and what each accepts), run on a light node graph so
-//! that the verdict does not depend on how the caller builds its own tree.
+//! Would `SafeLoader` raise? The composer (nodes shared through aliases,
+//! recursive ones included) and the constructor (`flatten_mapping` for merge
+//! keys, hashable keys, the tags SafeLoader knows and what each accepts), on
+//! a node graph of our own so that the verdict does not depend on how the
+//! caller builds its tree. Collections are constructed in PyYAML's order:
+//! a mapping or sequence is built empty at once and filled in a later round
+//! (its constructor is a generator), so that the first exception raised is
+//! the one PyYAML raises.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use super::parser::{EventKind, Parser};
 use super::resolve::{self, scalar_tag};
 use super::{ErrorKind, Mark, YamlError};
 
-enum Kind {
-    Scalar {
-        tag: String,
-        value: String,
-    },
-    Seq {
-        tag: String,
-        items: Vec<Rc<Node>>,
-    },
-    Map {
-        tag: String,
-        entries: Vec<(Rc<Node>, Rc<Node>)>,
-    },
-}
+type Id = usize;
 
-/// A mapping's entries, as `flatten_mapping` leaves them.
-type Entries = Rc<Vec<(Rc<Node>, Rc<Node>)>>;
+enum Kind {
+    Scalar { tag: String, value: String },
+    Seq { tag: String, items: Vec<Id> },
+    Map { tag: String, entries: Vec<(Id, Id)> },
+}
 
 struct Node {
     kind: Kind,
@@ -41,6 +34,12 @@ impl Node {
             Kind::Map { .. } => "mapping",
         }
     }
+
+    fn tag(&self) -> &str {
+        match &self.kind {
+            Kind::Scalar { tag, .. } | Kind::Seq { tag, .. } | Kind::Map { tag, .. } => tag,
+        }
+    }
 }
 
 /// Upper bound on mapping entries copied by merge keys; PyYAML copies
@@ -51,105 +50,18 @@ const MERGE_WORK_LIMIT: usize = 1_000_000;
 /// whether (and how) that raises.
 pub fn check(text: &str) -> Result<(), YamlError> {
     let mut parser = Parser::new(text)?;
-    let mut stack: Vec<Open> = Vec::new();
-    let mut anchors: HashMap<String, Rc<Node>> = HashMap::new();
-    let mut root: Option<Rc<Node>> = None;
-    while let Some(event) = parser.next_event()? {
-        let finished = match event.kind {
-            EventKind::Alias { anchor } => Some(match anchors.get(&anchor) {
-                Some(node) => node.clone(),
-                // A recursive alias, which the parser reports at the end
-                // unless PyYAML raises: an empty collection of the same kind
-                // raises what the real one would as a key (unhashable).
-                None => Rc::new(Node {
-                    kind: match stack
-                        .iter()
-                        .rev()
-                        .find(|o| o.anchor.as_ref() == Some(&anchor))
-                    {
-                        Some(Open {
-                            kind: Kind::Map { tag, .. },
-                            ..
-                        }) => Kind::Map {
-                            tag: tag.clone(),
-                            entries: Vec::new(),
-                        },
-                        _ => Kind::Seq {
-                            tag: resolve::SEQ.to_string(),
-                            items: Vec::new(),
-                        },
-                    },
-                    mark: event.start,
-                }),
-            }),
-            EventKind::Scalar {
-                anchor,
-                tag,
-                plain_implicit,
-                value,
-                ..
-            } => {
-                let tag = scalar_tag(tag.as_deref(), plain_implicit, &value).to_string();
-                let node = Rc::new(Node {
-                    kind: Kind::Scalar { tag, value },
-                    mark: event.start,
-                });
-                if let Some(a) = anchor {
-                    anchors.insert(a, node.clone());
-                }
-                Some(node)
-            }
-            EventKind::SequenceStart { anchor, tag, .. } => {
-                let tag = collection_tag(tag, resolve::SEQ);
-                stack.push(Open::new(
-                    anchor,
-                    event.start,
-                    Kind::Seq {
-                        tag,
-                        items: Vec::new(),
-                    },
-                ));
-                None
-            }
-            EventKind::MappingStart { anchor, tag, .. } => {
-                let tag = collection_tag(tag, resolve::MAP);
-                stack.push(Open::new(
-                    anchor,
-                    event.start,
-                    Kind::Map {
-                        tag,
-                        entries: Vec::new(),
-                    },
-                ));
-                None
-            }
-            EventKind::SequenceEnd | EventKind::MappingEnd => {
-                let open = stack.pop().expect("the parser balances collections");
-                let node = Rc::new(Node {
-                    kind: open.kind,
-                    mark: open.mark,
-                });
-                if let Some(a) = open.anchor {
-                    anchors.insert(a, node.clone());
-                }
-                Some(node)
-            }
-            EventKind::DocumentEnd { .. } => {
-                anchors.clear();
-                None
-            }
-            EventKind::StreamStart | EventKind::StreamEnd | EventKind::DocumentStart { .. } => None,
-        };
-        if let Some(node) = finished {
-            match stack.last_mut() {
-                None => root = Some(node),
-                Some(open) => open.add(node),
-            }
-        }
-    }
-    let mut constructor = Constructor::default();
-    if let Some(root) = &root {
-        constructor.construct(root)?;
+    let mut graph = Graph::default();
+    let root = graph.compose(&mut parser)?;
+    let mut constructor = Constructor {
+        graph,
+        constructed: HashMap::new(),
+        next_round: Vec::new(),
+        merge_work: 0,
+        unsupported: None,
+    };
+    if let Some(root) = root {
+        constructor.construct_document(root)?;
+        constructor.check_acyclic(root);
     }
     if let Some(e) = parser.take_unsupported().or(constructor.unsupported) {
         return Err(e);
@@ -157,34 +69,104 @@ pub fn check(text: &str) -> Result<(), YamlError> {
     Ok(())
 }
 
-/// A collection whose end event has not come yet.
-struct Open {
-    anchor: Option<String>,
-    mark: Mark,
-    kind: Kind,
-    /// A mapping's key waiting for its value.
-    pending_key: Option<Rc<Node>>,
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<Node>,
 }
 
-impl Open {
-    fn new(anchor: Option<String>, mark: Mark, kind: Kind) -> Open {
-        Open {
-            anchor,
-            mark,
-            kind,
-            pending_key: None,
-        }
+/// A collection whose end event has not come yet.
+struct Open {
+    id: Id,
+    /// A mapping's key waiting for its value.
+    pending_key: Option<Id>,
+}
+
+impl Graph {
+    fn add(&mut self, kind: Kind, mark: Mark) -> Id {
+        self.nodes.push(Node { kind, mark });
+        self.nodes.len() - 1
     }
 
-    fn add(&mut self, node: Rc<Node>) {
-        match &mut self.kind {
-            Kind::Seq { items, .. } => items.push(node),
-            Kind::Map { entries, .. } => match self.pending_key.take() {
-                Some(key) => entries.push((key, node)),
-                None => self.pending_key = Some(node),
-            },
-            Kind::Scalar { .. } => unreachable!("scalars hold no children"),
+    /// `Composer.compose_document`: an anchor names its node from its start,
+    /// so an alias inside the node makes a cycle, as in PyYAML.
+    fn compose(&mut self, parser: &mut Parser) -> Result<Option<Id>, YamlError> {
+        let mut stack: Vec<Open> = Vec::new();
+        let mut anchors: HashMap<String, Id> = HashMap::new();
+        let mut root = None;
+        while let Some(event) = parser.next_event()? {
+            let sequence = matches!(event.kind, EventKind::SequenceStart { .. });
+            let (finished, anchor) = match event.kind {
+                EventKind::Alias { anchor } => {
+                    // The parser has refused an alias to an unknown anchor.
+                    (anchors.get(&anchor).copied(), None)
+                }
+                EventKind::Scalar {
+                    anchor,
+                    tag,
+                    plain_implicit,
+                    value,
+                    ..
+                } => {
+                    let tag = scalar_tag(tag.as_deref(), plain_implicit, &value).to_string();
+                    (
+                        Some(self.add(Kind::Scalar { tag, value }, event.start)),
+                        anchor,
+                    )
+                }
+                EventKind::SequenceStart { anchor, tag, .. }
+                | EventKind::MappingStart { anchor, tag, .. } => {
+                    let kind = if sequence {
+                        Kind::Seq {
+                            tag: collection_tag(tag, resolve::SEQ),
+                            items: Vec::new(),
+                        }
+                    } else {
+                        Kind::Map {
+                            tag: collection_tag(tag, resolve::MAP),
+                            entries: Vec::new(),
+                        }
+                    };
+                    let id = self.add(kind, event.start);
+                    if let Some(a) = anchor {
+                        anchors.insert(a, id);
+                    }
+                    stack.push(Open {
+                        id,
+                        pending_key: None,
+                    });
+                    (None, None)
+                }
+                EventKind::SequenceEnd | EventKind::MappingEnd => {
+                    (stack.pop().map(|open| open.id), None)
+                }
+                EventKind::DocumentEnd { .. } => {
+                    anchors.clear();
+                    (None, None)
+                }
+                EventKind::StreamStart | EventKind::StreamEnd | EventKind::DocumentStart { .. } => {
+                    (None, None)
+                }
+            };
+            let Some(id) = finished else {
+                continue;
+            };
+            if let Some(a) = anchor {
+                anchors.insert(a, id);
+            }
+            match stack.last_mut() {
+                None => root = Some(id),
+                Some(open) => {
+                    let pending = open.pending_key.take();
+                    match (&mut self.nodes[open.id].kind, pending) {
+                        (Kind::Seq { items, .. }, _) => items.push(id),
+                        (Kind::Map { entries, .. }, Some(key)) => entries.push((key, id)),
+                        (Kind::Map { .. }, None) => open.pending_key = Some(id),
+                        (Kind::Scalar { .. }, _) => unreachable!("scalars hold no children"),
+                    }
+                }
+            }
         }
+        Ok(root)
     }
 }
 
@@ -201,10 +183,12 @@ enum Hashable {
     No,
 }
 
-#[derive(Default)]
 struct Constructor {
-    constructed: HashMap<*const Node, Hashable>,
-    flattened: HashMap<*const Node, Entries>,
+    graph: Graph,
+    constructed: HashMap<Id, Hashable>,
+    /// Collections built empty, to be filled in the next round (PyYAML's
+    /// `state_generators`).
+    next_round: Vec<Id>,
     merge_work: usize,
     /// The first thing PyYAML reads but we cannot hold; reported only when
     /// nothing makes PyYAML raise.
@@ -217,210 +201,373 @@ fn error(kind: ErrorKind, context: Option<(&str, Mark)>, problem: String, mark: 
     e
 }
 
+fn refused(context: Option<(&str, Mark)>, problem: String, mark: Mark) -> YamlError {
+    error(ErrorKind::Refused, context, problem, mark)
+}
+
 impl Constructor {
+    fn node(&self, id: Id) -> &Node {
+        &self.graph.nodes[id]
+    }
+
     fn note_unsupported(&mut self, message: String, mark: Mark) {
         if self.unsupported.is_none() {
             self.unsupported = Some(error(ErrorKind::Unsupported, None, message, mark));
         }
     }
 
+    /// `construct_document`: the root, then round after round of the
+    /// collections it left to fill.
+    fn construct_document(&mut self, root: Id) -> Result<(), YamlError> {
+        self.construct_object(root)?;
+        while !self.next_round.is_empty() {
+            let round = std::mem::take(&mut self.next_round);
+            for id in round {
+                self.fill(id)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `construct_object`: each node once, however many aliases reach it.
-    fn construct(&mut self, node: &Rc<Node>) -> Result<Hashable, YamlError> {
-        let id = Rc::as_ptr(node);
+    fn construct_object(&mut self, id: Id) -> Result<Hashable, YamlError> {
         if let Some(&h) = self.constructed.get(&id) {
             return Ok(h);
         }
-        let h = self.construct_new(node)?;
+        let node = self.node(id);
+        let mark = node.mark;
+        let tag = node.tag().to_string();
+        let h = match &node.kind {
+            _ if is_collection_tag(&tag) => {
+                // A generator: the empty collection now, its content later.
+                self.next_round.push(id);
+                Hashable::No
+            }
+            Kind::Scalar { value, .. } => match resolve::construct_scalar(&tag, value) {
+                Ok(_) => Hashable::Yes,
+                Err((ErrorKind::Unsupported, m)) => {
+                    self.note_unsupported(m, mark);
+                    Hashable::Yes
+                }
+                Err((kind, m)) => return Err(error(kind, None, m, mark)),
+            },
+            Kind::Map { .. } if is_scalar_tag(&tag) => {
+                // SafeConstructor.construct_scalar reads a mapping with a
+                // `=` key as that key's value: PyYAML may accept it, but we
+                // do not hold such a thing.
+                let Some(value) = self.scalar_through_value_key(id) else {
+                    return Err(refused(
+                        None,
+                        "expected a scalar node, but found mapping".to_string(),
+                        mark,
+                    ));
+                };
+                if tag == resolve::TIMESTAMP {
+                    // construct_yaml_timestamp matches its regex against
+                    // the node's value, here a list: TypeError.
+                    return Err(refused(
+                        None,
+                        "expected string or bytes-like object".to_string(),
+                        mark,
+                    ));
+                }
+                if let Err((kind, m)) = resolve::construct_scalar(&tag, &value)
+                    && kind != ErrorKind::Unsupported
+                {
+                    return Err(error(kind, None, m, mark));
+                }
+                self.note_unsupported(
+                    "a mapping read as a scalar through a `=` key".to_string(),
+                    mark,
+                );
+                Hashable::Yes
+            }
+            Kind::Seq { .. } if is_scalar_tag(&tag) => {
+                return Err(refused(
+                    None,
+                    "expected a scalar node, but found sequence".to_string(),
+                    mark,
+                ));
+            }
+            _ => {
+                return Err(refused(
+                    None,
+                    format!("could not determine a constructor for the tag '{tag}'"),
+                    mark,
+                ));
+            }
+        };
         self.constructed.insert(id, h);
         Ok(h)
     }
 
-    fn construct_new(&mut self, node: &Rc<Node>) -> Result<Hashable, YamlError> {
-        match &node.kind {
-            Kind::Scalar { tag, value } => match resolve::construct_scalar(tag, value) {
-                Ok(_) => Ok(Hashable::Yes),
-                Err((ErrorKind::Unsupported, m)) => {
-                    self.note_unsupported(m, node.mark);
-                    Ok(Hashable::Yes)
+    /// The body of a collection constructor, after its first `yield`.
+    fn fill(&mut self, id: Id) -> Result<(), YamlError> {
+        let node = self.node(id);
+        let mark = node.mark;
+        let tag = node.tag().to_string();
+        match (&node.kind, tag.as_str()) {
+            (Kind::Seq { items, .. }, resolve::SEQ) => {
+                for item in items.clone() {
+                    self.construct_object(item)?;
                 }
-                Err((kind, m)) => Err(error(kind, None, m, node.mark)),
-            },
-            Kind::Seq { tag, items } => match tag.as_str() {
-                resolve::SEQ => {
-                    for item in items {
-                        self.construct(item)?;
-                    }
-                    Ok(Hashable::No)
-                }
-                resolve::OMAP | resolve::PAIRS => {
-                    let context = if tag == resolve::OMAP {
-                        "while constructing an ordered map"
-                    } else {
-                        "while constructing pairs"
+            }
+            (Kind::Seq { items, .. }, resolve::OMAP | resolve::PAIRS) => {
+                let context = if tag == resolve::OMAP {
+                    "while constructing an ordered map"
+                } else {
+                    "while constructing pairs"
+                };
+                for item in items.clone() {
+                    let sub = self.node(item);
+                    let Kind::Map { entries, .. } = &sub.kind else {
+                        return Err(refused(
+                            Some((context, mark)),
+                            format!("expected a mapping of length 1, but found {}", sub.id()),
+                            sub.mark,
+                        ));
                     };
-                    for item in items {
-                        let Kind::Map { entries, .. } = &item.kind else {
-                            return Err(error(
-                                ErrorKind::Refused,
-                                Some((context, node.mark)),
-                                format!("expected a mapping of length 1, but found {}", item.id()),
-                                item.mark,
-                            ));
-                        };
-                        if entries.len() != 1 {
-                            return Err(error(
-                                ErrorKind::Refused,
-                                Some((context, node.mark)),
-                                format!(
-                                    "expected a single mapping item, but found {} items",
-                                    entries.len()
-                                ),
-                                item.mark,
-                            ));
-                        }
-                        self.construct(&entries[0].0)?;
-                        self.construct(&entries[0].1)?;
+                    if entries.len() != 1 {
+                        return Err(refused(
+                            Some((context, mark)),
+                            format!(
+                                "expected a single mapping item, but found {} items",
+                                entries.len()
+                            ),
+                            sub.mark,
+                        ));
                     }
-                    self.note_unsupported(
-                        format!("a {tag} collection; prepare-image does not work on those"),
-                        node.mark,
-                    );
-                    Ok(Hashable::No)
+                    let (k, v) = entries[0];
+                    self.construct_object(k)?;
+                    self.construct_object(v)?;
                 }
-                resolve::MAP | resolve::SET => Err(error(
-                    ErrorKind::Refused,
+                self.note_unsupported(
+                    format!("a {tag} collection; prepare-image does not work on those"),
+                    mark,
+                );
+            }
+            (Kind::Map { .. }, resolve::MAP | resolve::SET) => {
+                self.flatten(id)?;
+                let Kind::Map { entries, .. } = &self.node(id).kind else {
+                    unreachable!("a mapping stays one")
+                };
+                for (key, value) in entries.clone() {
+                    // flatten_mapping retags a `=` key as a string.
+                    let value_key = self.node(key).tag() == resolve::VALUE;
+                    if !value_key && self.construct_object(key)? == Hashable::No {
+                        return Err(refused(
+                            Some(("while constructing a mapping", mark)),
+                            "found unhashable key".to_string(),
+                            self.node(key).mark,
+                        ));
+                    }
+                    self.construct_object(value)?;
+                }
+                if tag == resolve::SET {
+                    self.note_unsupported(
+                        "a !!set; prepare-image does not work on those".to_string(),
+                        mark,
+                    );
+                }
+            }
+            (Kind::Map { .. }, resolve::SEQ) => {
+                return Err(refused(
+                    None,
+                    "expected a sequence node, but found mapping".to_string(),
+                    mark,
+                ));
+            }
+            (Kind::Seq { .. }, _) => {
+                return Err(refused(
                     None,
                     "expected a mapping node, but found sequence".to_string(),
-                    node.mark,
-                )),
-                t if is_scalar_tag(t) => Err(error(
-                    ErrorKind::Refused,
-                    None,
-                    "expected a scalar node, but found sequence".to_string(),
-                    node.mark,
-                )),
-                other => Err(undefined(other, node.mark)),
-            },
-            Kind::Map { tag, entries } => match tag.as_str() {
-                resolve::MAP | resolve::SET => {
-                    let flat = self.flatten(node)?;
-                    for (key, value) in flat.iter() {
-                        // flatten_mapping retags a `=` key as a string.
-                        let value_key =
-                            matches!(&key.kind, Kind::Scalar { tag, .. } if tag == resolve::VALUE);
-                        if !value_key && self.construct(key)? == Hashable::No {
-                            return Err(error(
-                                ErrorKind::Refused,
-                                Some(("while constructing a mapping", node.mark)),
-                                "found unhashable key".to_string(),
-                                key.mark,
-                            ));
-                        }
-                        self.construct(value)?;
-                    }
-                    if tag == resolve::SET {
-                        self.note_unsupported(
-                            "a !!set; prepare-image does not work on those".to_string(),
-                            node.mark,
-                        );
-                    }
-                    Ok(Hashable::No)
-                }
-                resolve::OMAP | resolve::PAIRS => Err(error(
-                    ErrorKind::Refused,
-                    Some(("while constructing an ordered map", node.mark)),
+                    mark,
+                ));
+            }
+            (Kind::Map { .. }, _) => {
+                return Err(refused(
+                    Some(("while constructing an ordered map", mark)),
                     "expected a sequence, but found mapping".to_string(),
-                    node.mark,
-                )),
-                t if is_scalar_tag(t) => {
-                    // SafeConstructor.construct_scalar reads a mapping with a
-                    // `=` key as that key's value; too odd to support.
-                    let has_value_key = entries.iter().any(
-                        |(k, _)| matches!(&k.kind, Kind::Scalar { tag, .. } if tag == resolve::VALUE),
-                    );
-                    if has_value_key {
-                        self.note_unsupported(
-                            "a mapping read as a scalar through a `=` key".to_string(),
-                            node.mark,
-                        );
-                        Ok(Hashable::Yes)
-                    } else {
-                        Err(error(
-                            ErrorKind::Refused,
-                            None,
-                            "expected a scalar node, but found mapping".to_string(),
-                            node.mark,
-                        ))
-                    }
-                }
-                other => Err(undefined(other, node.mark)),
-            },
+                    mark,
+                ));
+            }
+            (Kind::Scalar { .. }, resolve::SEQ) => {
+                return Err(refused(
+                    None,
+                    "expected a sequence node, but found scalar".to_string(),
+                    mark,
+                ));
+            }
+            (Kind::Scalar { .. }, resolve::MAP | resolve::SET) => {
+                return Err(refused(
+                    None,
+                    "expected a mapping node, but found scalar".to_string(),
+                    mark,
+                ));
+            }
+            (Kind::Scalar { .. }, _) => {
+                return Err(refused(
+                    Some(("while constructing an ordered map", mark)),
+                    "expected a sequence, but found scalar".to_string(),
+                    mark,
+                ));
+            }
         }
+        Ok(())
     }
 
-    /// `flatten_mapping`: merge keys replaced by the entries they bring.
-    fn flatten(&mut self, node: &Rc<Node>) -> Result<Entries, YamlError> {
-        let id = Rc::as_ptr(node);
-        if let Some(done) = self.flattened.get(&id) {
-            return Ok(done.clone());
-        }
-        let Kind::Map { entries, .. } = &node.kind else {
-            return Ok(Rc::new(Vec::new()));
-        };
-        let mut merge = Vec::new();
-        let mut own = Vec::new();
-        for (key, value) in entries {
-            let is_merge = matches!(&key.kind, Kind::Scalar { tag, .. } if tag == resolve::MERGE);
-            if !is_merge {
-                own.push((key.clone(), value.clone()));
+    /// `flatten_mapping`, step by step as PyYAML does it, in place: a merge
+    /// key is removed before its value is flattened, which is what makes a
+    /// mapping that merges itself finite.
+    fn flatten(&mut self, id: Id) -> Result<(), YamlError> {
+        let mark = self.node(id).mark;
+        let mut merge: Vec<(Id, Id)> = Vec::new();
+        let mut index = 0;
+        while let Some((key, value)) = self.entries_ref(id).get(index).copied() {
+            if self.node(key).tag() != resolve::MERGE {
+                index += 1;
                 continue;
             }
-            match &value.kind {
-                Kind::Map { .. } => merge.extend(self.flatten(value)?.iter().cloned()),
+            if let Kind::Map { entries, .. } = &mut self.graph.nodes[id].kind {
+                entries.remove(index);
+            }
+            match &self.node(value).kind {
+                Kind::Map { .. } => {
+                    self.flatten(value)?;
+                    merge.extend(self.entries(value));
+                }
                 Kind::Seq { items, .. } => {
                     let mut submerge = Vec::new();
-                    for sub in items {
-                        if !matches!(sub.kind, Kind::Map { .. }) {
-                            return Err(error(
-                                ErrorKind::Refused,
-                                Some(("while constructing a mapping", node.mark)),
-                                format!("expected a mapping for merging, but found {}", sub.id()),
-                                sub.mark,
+                    for sub in items.clone() {
+                        if !matches!(self.node(sub).kind, Kind::Map { .. }) {
+                            return Err(refused(
+                                Some(("while constructing a mapping", mark)),
+                                format!(
+                                    "expected a mapping for merging, but found {}",
+                                    self.node(sub).id()
+                                ),
+                                self.node(sub).mark,
                             ));
                         }
-                        submerge.push(self.flatten(sub)?);
+                        self.flatten(sub)?;
+                        submerge.push(self.entries(sub));
                     }
-                    for sub in submerge.iter().rev() {
-                        merge.extend(sub.iter().cloned());
+                    for entries in submerge.into_iter().rev() {
+                        merge.extend(entries);
                     }
                 }
                 Kind::Scalar { .. } => {
-                    return Err(error(
-                        ErrorKind::Refused,
-                        Some(("while constructing a mapping", node.mark)),
+                    return Err(refused(
+                        Some(("while constructing a mapping", mark)),
                         "expected a mapping or list of mappings for merging, but found scalar"
                             .to_string(),
-                        value.mark,
+                        self.node(value).mark,
                     ));
                 }
             }
+            self.merge_work += merge.len();
+            if self.merge_work > MERGE_WORK_LIMIT {
+                return Err(error(
+                    ErrorKind::Unsupported,
+                    None,
+                    format!(
+                        "merge keys copy more than {MERGE_WORK_LIMIT} entries; prepare-image refuses such a file"
+                    ),
+                    mark,
+                ));
+            }
         }
-        self.merge_work += merge.len() + own.len();
-        if self.merge_work > MERGE_WORK_LIMIT {
-            return Err(error(
-                ErrorKind::Unsupported,
-                None,
-                format!(
-                    "merge keys copy more than {MERGE_WORK_LIMIT} entries; prepare-image refuses such a file"
-                ),
-                node.mark,
-            ));
+        if !merge.is_empty()
+            && let Kind::Map { entries, .. } = &mut self.graph.nodes[id].kind
+        {
+            merge.append(entries);
+            *entries = merge;
         }
-        merge.extend(own);
-        let flat = Rc::new(merge);
-        self.flattened.insert(id, flat.clone());
-        Ok(flat)
+        Ok(())
     }
+
+    /// `SafeConstructor.construct_scalar` on a mapping: the value under its
+    /// first `=` key, followed down while it is a mapping.
+    fn scalar_through_value_key(&self, mut id: Id) -> Option<String> {
+        // A cycle of `=` keys makes PyYAML recurse until it fails.
+        for _ in 0..=self.graph.nodes.len() {
+            match &self.node(id).kind {
+                Kind::Scalar { value, .. } => return Some(value.clone()),
+                Kind::Map { entries, .. } => {
+                    id = entries
+                        .iter()
+                        .find(|&&(k, _)| self.node(k).tag() == resolve::VALUE)?
+                        .1;
+                }
+                Kind::Seq { .. } => return None,
+            }
+        }
+        None
+    }
+
+    fn entries(&self, id: Id) -> Vec<(Id, Id)> {
+        self.entries_ref(id).to_vec()
+    }
+
+    fn entries_ref(&self, id: Id) -> &[(Id, Id)] {
+        match &self.node(id).kind {
+            Kind::Map { entries, .. } => entries,
+            _ => &[],
+        }
+    }
+
+    /// After construction: a node graph with a cycle is a recursive Python
+    /// object, which prepare-image does not hold.
+    fn check_acyclic(&mut self, root: Id) {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Color {
+            White,
+            Grey,
+            Black,
+        }
+        let mut color = vec![Color::White; self.graph.nodes.len()];
+        // Iterative depth-first walk: (node, next child index).
+        let mut stack: Vec<(Id, usize)> = vec![(root, 0)];
+        color[root] = Color::Grey;
+        while let Some(top) = stack.last_mut() {
+            let id = top.0;
+            let children: Vec<Id> = match &self.graph.nodes[id].kind {
+                Kind::Scalar { .. } => Vec::new(),
+                Kind::Seq { items, .. } => items.clone(),
+                Kind::Map { entries, .. } => entries.iter().flat_map(|&(k, v)| [k, v]).collect(),
+            };
+            let Some(&child) = children.get(top.1) else {
+                color[id] = Color::Black;
+                stack.pop();
+                continue;
+            };
+            top.1 += 1;
+            match color[child] {
+                Color::White => {
+                    color[child] = Color::Grey;
+                    stack.push((child, 0));
+                }
+                Color::Grey => {
+                    let mark = self.graph.nodes[child].mark;
+                    self.note_unsupported(
+                        "an alias refers to a collection that contains it (a recursive \
+                         structure); prepare-image cannot work on that"
+                            .to_string(),
+                        mark,
+                    );
+                    return;
+                }
+                Color::Black => {}
+            }
+        }
+    }
+}
+
+fn is_collection_tag(tag: &str) -> bool {
+    matches!(
+        tag,
+        resolve::SEQ | resolve::MAP | resolve::SET | resolve::OMAP | resolve::PAIRS
+    )
 }
 
 fn is_scalar_tag(tag: &str) -> bool {
@@ -434,14 +581,5 @@ fn is_scalar_tag(tag: &str) -> bool {
             | resolve::PYTHON_UNICODE
             | resolve::TIMESTAMP
             | resolve::BINARY
-    )
-}
-
-fn undefined(tag: &str, mark: Mark) -> YamlError {
-    error(
-        ErrorKind::Refused,
-        None,
-        format!("could not determine a constructor for the tag '{tag}'"),
-        mark,
     )
 }
