@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::access::image::interrupt;
-use crate::access::root::Root;
-use crate::access::target::Target;
 use crate::guest::cloudinit::effective::{self, setting_state};
+use crate::access::image::interrupt;
 use crate::guest::cloudinit::plan::{self, Plan};
 use crate::guest::cloudinit::profile::{self, Profile};
 use crate::report::{self, Mode, Style, TargetDescription};
+use crate::access::root::Root;
+use crate::access::target::Target;
 
 /// Keep chosen settings of a cloud image through cloud-init's first boot.
 ///
@@ -70,6 +70,12 @@ pub struct KeepArgs {
     /// the one partition that holds etc/cloud/cloud.cfg).
     #[arg(long, value_name = "N")]
     pub partition: Option<u32>,
+
+    /// For a qcow2 or vmdk overlay: also read its backing files (regular
+    /// files only, never written). Without it, an image that names any file
+    /// outside itself is refused.
+    #[arg(long)]
+    pub allow_backing: bool,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +105,11 @@ pub enum Command {
         /// For an image file: the partition holding the root filesystem.
         #[arg(long, value_name = "N")]
         partition: Option<u32>,
+
+        /// For a qcow2 or vmdk overlay: also read its backing files (regular
+        /// files only).
+        #[arg(long)]
+        allow_backing: bool,
     },
     /// List the profiles: what each edits and what it breaks.
     Profiles,
@@ -172,8 +183,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             report::profiles(out, &catalogue, cli.output.format)?;
             Ok(Outcome::Success)
         }
-        Some(Command::Status { target, partition }) => {
-            let target = Target::open(target, false, *partition)?;
+        Some(Command::Status {
+            target,
+            partition,
+            allow_backing,
+        }) => {
+            let target = Target::open(target, false, *partition, *allow_backing)?;
             let result = (|| {
                 let set = effective::load(target.root())?;
                 let states: Vec<_> = catalogue.iter().map(|p| setting_state(&set, p)).collect();
@@ -229,6 +244,7 @@ fn keep(
         &args.target,
         mode == Mode::Apply && !is_image,
         args.partition,
+        args.allow_backing,
     )?;
     let (target, plan) = match plan_on(&first, &selected) {
         Err(e) => return finish(first, Err(e)),
@@ -237,7 +253,7 @@ fn keep(
             // really there (nothing may have changed, but we do not assume).
             let partition = first.image().map(|i| i.partition).or(args.partition);
             first.close()?;
-            let target = Target::open(&args.target, true, partition)?;
+            let target = Target::open(&args.target, true, partition, args.allow_backing)?;
             match plan_on(&target, &selected) {
                 Ok(plan) => (target, plan),
                 Err(e) => return finish(target, Err(e)),

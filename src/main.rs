@@ -5,8 +5,8 @@ use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 
 use clap::Parser;
-use prepare_image::access::image::interrupt::Interrupted;
 use prepare_image::cli::{self, Cli, ColorWhen, Outcome, UsageError};
+use prepare_image::access::image::interrupt::Interrupted;
 use prepare_image::report::Style;
 
 /// Documented exit codes (README, "Exit codes").

@@ -13,9 +13,9 @@ use anyhow::Result;
 use serde_json::json;
 use similar::TextDiff;
 
-use crate::access::image::open::ImageInfo;
 use crate::cli::Format;
 use crate::guest::cloudinit::effective::SettingState;
+use crate::access::image::open::ImageInfo;
 use crate::guest::cloudinit::plan::Plan;
 use crate::guest::cloudinit::profile::{Condition, Profile};
 
@@ -183,8 +183,7 @@ pub fn keep(
     style: Style,
 ) -> Result<()> {
     let names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
-    let changed: Vec<&crate::guest::cloudinit::plan::FilePlan> =
-        plan.files.iter().filter(|f| f.changed()).collect();
+    let changed: Vec<&crate::guest::cloudinit::plan::FilePlan> = plan.files.iter().filter(|f| f.changed()).collect();
     let change_count: usize = changed.iter().map(|f| f.changes.len()).sum();
     let root_display = target.path.display();
     let print_warnings = |err: &mut dyn Write| -> Result<()> {
@@ -412,9 +411,7 @@ pub fn profiles(out: &mut dyn Write, catalogue: &[Profile], format: Format) -> R
 }
 
 /// A file's changes in line order (the plan lists them in profile order).
-fn sorted_changes(
-    file: &crate::guest::cloudinit::plan::FilePlan,
-) -> Vec<&crate::guest::cloudinit::plan::PlannedChange> {
+fn sorted_changes(file: &crate::guest::cloudinit::plan::FilePlan) -> Vec<&crate::guest::cloudinit::plan::PlannedChange> {
     let mut changes: Vec<_> = file.changes.iter().collect();
     changes.sort_by_key(|c| c.line);
     changes

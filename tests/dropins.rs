@@ -144,7 +144,7 @@ fn decided(set: &ConfigSet, path: &[&str]) -> Option<(PathBuf, usize, bool)> {
 }
 
 fn strs(items: &[&str]) -> Value {
-    Value::Seq(items.iter().map(|s| Value::Str(s.to_string())).collect())
+    Value::seq(items.iter().map(|s| Value::Str(s.to_string())).collect())
 }
 
 // (a) A drop-in that redefines cloud_final_modules with scripts-user.

@@ -516,7 +516,7 @@ fn value_helpers_agree_with_fixture_meanings() {
     assert_eq!(init.len(), 11);
     assert_eq!(
         init[7],
-        Value::Seq(vec![
+        Value::seq(vec![
             Value::Str("update_etc_hosts".into()),
             Value::Str("once-per-instance".into())
         ])

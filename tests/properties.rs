@@ -984,7 +984,7 @@ fn generator_renders_valid_yaml_with_every_form() {
             panic!("{text}")
         };
         assert_eq!(items.len(), forms.len(), "{text}");
-        for item in items {
+        for item in items.iter() {
             assert_eq!(
                 editor::entry_module_name(item).map(canonical_module_name),
                 Some("scripts_user".to_string()),

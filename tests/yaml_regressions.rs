@@ -11,7 +11,7 @@ fn s(text: &str) -> Value {
 }
 
 fn map(entries: &[(&str, Value)]) -> Value {
-    Value::Map(entries.iter().map(|(k, v)| (s(k), v.clone())).collect())
+    Value::map(entries.iter().map(|(k, v)| (s(k), v.clone())).collect())
 }
 
 /// Files PyYAML refuses, so that cloud-init ignores them, with where and
@@ -109,7 +109,7 @@ fn pyyaml_refusals_are_ours() {
 /// What PyYAML reads, and how.
 #[test]
 fn pyyaml_readings_are_ours() {
-    let list = |items: &[&str]| Value::Seq(items.iter().map(|i| s(i)).collect());
+    let list = |items: &[&str]| Value::seq(items.iter().map(|i| s(i)).collect());
     for (text, meaning) in [
         // NEL, LS and PS end lines in YAML 1.1.
         (
@@ -139,7 +139,7 @@ fn pyyaml_readings_are_ours() {
         // A tab inside a quoted scalar or after a block indicator's spaces.
         ("a: 'x\ty'\n", map(&[("a", s("x\ty"))])),
         // Python dict keys: 1 and true are one key.
-        ("1: a\ntrue: b\n", Value::Map(vec![(Value::Int(1), s("b"))])),
+        ("1: a\ntrue: b\n", Value::map(vec![(Value::Int(1), s("b"))])),
         (
             "a: 2001-12-14 21:59:43.10 -5\n",
             map(&[(
@@ -182,7 +182,7 @@ fn the_last_entry_of_a_list_closed_in_column_0_can_be_removed() {
         module: "set_hostname".to_string(),
     };
     let list =
-        |items: &[&str]| Value::Seq(items.iter().map(|i| Value::Str(i.to_string())).collect());
+        |items: &[&str]| Value::seq(items.iter().map(|i| Value::Str(i.to_string())).collect());
     for (text, want) in [
         (
             "cloud_init_modules: [\n  migrator,\n  set_hostname\n]\n",

@@ -211,14 +211,9 @@ impl fmt::Display for AccessError {
     }
 }
 
-impl std::error::Error for AccessError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            AccessErrorKind::Other(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// No `source`: the message already ends with the OS error's text, and a
+/// source would print it twice in `error: {:#}`.
+impl std::error::Error for AccessError {}
 
 fn kind_from_errno(e: Errno) -> AccessErrorKind {
     match e {

@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::access::image::open::{ImageInfo, OpenedImage};
 use crate::access::root::Root;
+use crate::cli::UsageError;
 
 #[derive(Debug)]
 pub enum Target {
@@ -19,7 +20,14 @@ impl Target {
     /// Opens TARGET: a directory is used as the root; a regular file is an
     /// image whose root filesystem is found and mounted (read-write only when
     /// `writable`). `partition` applies to images only.
-    pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Target> {
+    /// `allow_backing` lets an image read its backing chain (see
+    /// `image::containment`).
+    pub fn open(
+        path: &Path,
+        writable: bool,
+        partition: Option<u32>,
+        allow_backing: bool,
+    ) -> Result<Target> {
         let meta = match std::fs::metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
@@ -30,15 +38,16 @@ impl Target {
         };
         if meta.is_dir() {
             if partition.is_some() {
-                bail!(
+                // A usage error (exit 2): the flag does not fit the target.
+                return Err(anyhow!(UsageError(format!(
                     "--partition applies to image files, and {} is a directory",
                     path.display()
-                );
+                ))));
             }
             return Ok(Target::Directory(Root::open(path)?));
         }
         if meta.is_file() {
-            let image = crate::access::image::open::open(path, writable, partition)?;
+            let image = crate::access::image::open::open(path, writable, partition, allow_backing)?;
             return Ok(Target::Image(Box::new(image)));
         }
         bail!(

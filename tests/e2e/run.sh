@@ -18,7 +18,8 @@
 # mcopy, zstd, python3 (.ci/run installs them). Environment:
 #   XDG_CACHE_HOME        the rootfs tarball is cached under
 #                         ${XDG_CACHE_HOME:-$HOME/.cache}/prepare-image-e2e/
-#   E2E_MIRROR            Debian mirror (default http://deb.debian.org/debian)
+#   E2E_MIRROR            Debian mirror (default: the one this machine's apt
+#                         sources name for bookworm, scripts/apt-mirror.sh)
 #   E2E_ACCEL             kvm|tcg: skip the KVM probe
 #   E2E_BOOT_TIMEOUT      seconds before a boot is killed (default 420)
 #   E2E_KEEP_WORK=1       keep the work directory (images, logs) afterwards
@@ -30,7 +31,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 GUEST=$HERE/guest
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/prepare-image-e2e
-MIRROR=${E2E_MIRROR:-http://deb.debian.org/debian}
+MIRROR=${E2E_MIRROR:-$("$REPO/scripts/apt-mirror.sh" bookworm)}
 SUITE=bookworm
 BOOT_TIMEOUT=${E2E_BOOT_TIMEOUT:-420}
 KVM_PROBE_TIMEOUT=10

@@ -25,6 +25,25 @@ impl ImageFormat {
         }
     }
 
+    /// The format qemu's driver `name` reads, for the formats prepare-image opens.
+    pub fn from_qemu_driver(name: &str) -> Option<ImageFormat> {
+        [
+            ImageFormat::Raw,
+            ImageFormat::Qcow2,
+            ImageFormat::Vmdk,
+            ImageFormat::Vhd,
+            ImageFormat::Vhdx,
+        ]
+        .into_iter()
+        .find(|f| f.qemu_driver() == name)
+    }
+
+    /// Whether qemu's driver takes a `backing` option (and would otherwise
+    /// open the backing file the header names).
+    pub fn has_backing(self) -> bool {
+        matches!(self, ImageFormat::Qcow2 | ImageFormat::Vmdk)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ImageFormat::Raw => "raw",

@@ -26,8 +26,16 @@ pub enum FsKind {
     Ext {
         version: u8,
     },
+    /// ext3/4 whose journal lives on another device (`mke2fs -J device=`):
+    /// a read-write mount opens that device, named by its number in the
+    /// superblock, on the host. Never mounted.
+    ExtExternalJournal,
     Xfs,
     Btrfs,
+    /// btrfs spanning several devices (or a sprout on a seed device): the
+    /// kernel assembles it from any device with the same filesystem id it
+    /// has seen, host devices included. Never mounted.
+    BtrfsMultiDevice,
     /// An LVM2 physical volume: the root filesystem is inside a logical
     /// volume, which needs device-mapper to reach.
     Lvm2Pv,
@@ -71,8 +79,10 @@ impl FsKind {
             FsKind::Ext { version: 2 } => "ext2",
             FsKind::Ext { version: 3 } => "ext3",
             FsKind::Ext { .. } => "ext4",
+            FsKind::ExtExternalJournal => "ext4 with an external journal",
             FsKind::Xfs => "xfs",
             FsKind::Btrfs => "btrfs",
+            FsKind::BtrfsMultiDevice => "btrfs on several devices",
             FsKind::Lvm2Pv => "LVM2 physical volume",
             FsKind::Luks => "LUKS",
             FsKind::Swap => "swap",
@@ -114,9 +124,11 @@ impl std::fmt::Display for FsKind {
     }
 }
 
-/// How much we read: enough for btrfs's magic at 0x10040 and for a swap
-/// signature on a 64 KiB page (65536 - 10).
-const PROBE_LEN: usize = 0x10040 + 8;
+/// How much we read: enough for btrfs's magic at 0x10040 and its device
+/// count at 0x10088, and for a swap signature on a 64 KiB page (65536 - 10).
+const PROBE_LEN: usize = BTRFS_NUM_DEVICES + 8;
+/// `num_devices` of the btrfs superblock (at 64 KiB).
+const BTRFS_NUM_DEVICES: usize = 0x10088;
 
 /// Page sizes whose swap signature we look for (the signature sits in the
 /// last 10 bytes of the first page): x86 and most others use 4 KiB, arm64
@@ -201,7 +213,16 @@ fn classify(b: &[u8]) -> FsKind {
         return FsKind::Xfs;
     }
     if at(0x10040, b"_BHRfS_M") {
-        return FsKind::Btrfs;
+        let devices = u64::from_le_bytes(
+            b[BTRFS_NUM_DEVICES..BTRFS_NUM_DEVICES + 8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        return if devices == 1 {
+            FsKind::Btrfs
+        } else {
+            FsKind::BtrfsMultiDevice
+        };
     }
     if at(3, b"NTFS    ") {
         return FsKind::Ntfs;
@@ -263,6 +284,12 @@ fn ext(sb: &[u8]) -> Option<FsKind> {
     if incompat & INCOMPAT_JOURNAL_DEV != 0 {
         return Some(FsKind::Unknown);
     }
+    // A journal but no journal inode: the kernel takes the journal device
+    // from s_journal_dev (as ext4_load_journal does).
+    let journal_inode = le32(0xE0);
+    if compat & COMPAT_HAS_JOURNAL != 0 && journal_inode == 0 {
+        return Some(FsKind::ExtExternalJournal);
+    }
     let version = if incompat & !INCOMPAT_EXT3 != 0 || ro_compat & !RO_COMPAT_EXT3 != 0 {
         4
     } else if compat & COMPAT_HAS_JOURNAL != 0 {
@@ -290,6 +317,8 @@ mod tests {
         b[sb + 0x5C..sb + 0x60].copy_from_slice(&compat.to_le_bytes());
         b[sb + 0x60..sb + 0x64].copy_from_slice(&incompat.to_le_bytes());
         b[sb + 0x64..sb + 0x68].copy_from_slice(&ro_compat.to_le_bytes());
+        // An internal journal is inode 8.
+        b[sb + 0xE0..sb + 0xE4].copy_from_slice(&8u32.to_le_bytes());
         b
     }
 
@@ -306,6 +335,26 @@ mod tests {
         assert_eq!(classify(&ext_sb(0, 0x2, 0x403)), FsKind::Ext { version: 4 });
         // external journal device
         assert_eq!(classify(&ext_sb(0, 0x8, 0)), FsKind::Unknown);
+        // a filesystem whose journal is on another device
+        let mut external = ext_sb(0x4, 0x42, 0x3);
+        external[1024 + 0xE0..1024 + 0xE4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(classify(&external), FsKind::ExtExternalJournal);
+        assert_eq!(FsKind::ExtExternalJournal.mount_type(), None);
+    }
+
+    #[test]
+    fn btrfs_on_one_device_only_is_mountable() {
+        let mut b = blank();
+        b[0x10040..0x10048].copy_from_slice(b"_BHRfS_M");
+        for (devices, kind) in [
+            (1u64, FsKind::Btrfs),
+            (2, FsKind::BtrfsMultiDevice),
+            (0, FsKind::BtrfsMultiDevice),
+        ] {
+            b[BTRFS_NUM_DEVICES..BTRFS_NUM_DEVICES + 8].copy_from_slice(&devices.to_le_bytes());
+            assert_eq!(classify(&b), kind);
+        }
+        assert_eq!(FsKind::BtrfsMultiDevice.mount_type(), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Image files as targets: their format, partition table and filesystems,
 //! and the kernel resources (qemu view, loop device, mount) that turn one
 //! into a root directory, each behind a guard that releases it.
+pub mod containment;
 pub mod format;
 pub mod fstype;
 pub mod interrupt;
@@ -10,3 +11,4 @@ pub mod mount;
 pub mod open;
 pub mod partition;
 pub mod qemu;
+pub mod tempdirs;

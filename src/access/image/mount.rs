@@ -137,11 +137,5 @@ impl Drop for Mount {
 }
 
 fn make_temp_dir() -> Result<PathBuf> {
-    let template = std::env::temp_dir().join("prepare-image-mnt.XXXXXX");
-    nix::unistd::mkdtemp(&template).with_context(|| {
-        format!(
-            "creating a temp mountpoint in {}",
-            std::env::temp_dir().display()
-        )
-    })
+    super::tempdirs::create("mnt")
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use super::containment;
 use super::format::{self, ImageFormat};
 use super::fstype::{self, FsKind};
 use super::interrupt;
@@ -84,8 +85,17 @@ impl OpenedImage {
 /// `etc/cloud/cloud.cfg`, or `partition` when given. Read-only unless
 /// `writable`; a read-only pass never replays a journal, so the image file
 /// stays byte-identical.
-pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<OpenedImage> {
+/// With `allow_backing`, a qcow2 or vmdk overlay may read its backing chain
+/// (regular files only, read-only); without it, an image that names any file
+/// outside itself is refused before qemu sees it.
+pub fn open(
+    path: &Path,
+    writable: bool,
+    partition: Option<u32>,
+    allow_backing: bool,
+) -> Result<OpenedImage> {
     preflight()?;
+    super::tempdirs::sweep_stale();
     let display = path.display().to_string();
     let mut image = OpenOptions::new()
         .read(true)
@@ -114,7 +124,8 @@ pub fn open(path: &Path, writable: bool, partition: Option<u32>) -> Result<Opene
     let raw_path = if format == ImageFormat::Raw {
         path.to_path_buf()
     } else {
-        let view = RawView::start(path, format, writable)?;
+        let layers = containment::layers(path, &image, format, allow_backing)?;
+        let view = RawView::start(&layers, writable)?;
         let raw_path = view.path().to_path_buf();
         opened.view = Some(view);
         raw_path
@@ -268,6 +279,14 @@ fn describe(kinds: &[(Partition, FsKind)]) -> String {
 
 fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()> {
     match kind {
+        FsKind::ExtExternalJournal => bail!(
+            "{display}: partition {} is ext4 with its journal on another device; mounting it would open that device on this host, so prepare-image does not (give it an internal journal first, on a copy: tune2fs -f -O ^has_journal, then tune2fs -j)",
+            p.number
+        ),
+        FsKind::BtrfsMultiDevice => bail!(
+            "{display}: partition {} is btrfs spanning several devices; the kernel would assemble it with any device of the same filesystem id on this host, so prepare-image does not mount it (make a single-device copy first)",
+            p.number
+        ),
         FsKind::Lvm2Pv | FsKind::Luks => bail!(
             "{display}: partition {} is {}; a root filesystem inside LVM or LUKS is not supported yet (edit it from a running system or a chroot)",
             p.number,
@@ -282,7 +301,18 @@ fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()>
     }
 }
 
-/// Probes every mountable partition read-only for `etc/cloud/cloud.cfg`.
+/// What `etc/cloud/cloud.cfg` says when it is a symbolic link to nothing
+/// (the link as written). The directory is resolved inside the root first,
+/// so reading the link from the mountpoint follows no link of the image.
+fn dangling_link_target(root: &Root, mountpoint: &Path) -> Option<PathBuf> {
+    let cfg = Path::new(CLOUD_CFG);
+    if root.exists(cfg) {
+        return None;
+    }
+    let dir = root.resolve(cfg.parent()?).ok()?;
+    std::fs::read_link(mountpoint.join(dir).join(cfg.file_name()?)).ok()
+}
+
 /// A partition probed read-only and still mounted, so a read-only run can
 /// use it as it is instead of attaching and mounting it a second time.
 type Probe = (LoopDevice, Mount);
@@ -298,6 +328,9 @@ fn find_root(
 ) -> Result<(Partition, FsKind, Option<Probe>)> {
     let mut candidates = Vec::new();
     let mut kept: Option<Probe> = None;
+    // A partition whose cloud.cfg is a link to nothing: the likely root,
+    // named when no partition holds a readable cloud.cfg.
+    let mut dangling: Option<(u32, PathBuf)> = None;
     for (p, kind) in kinds {
         let Some(fstype) = kind.mount_type() else {
             continue;
@@ -312,9 +345,18 @@ fn find_root(
                 continue;
             }
         };
-        let found = Root::open(mount.path())
-            .map(|r| r.exists(Path::new(CLOUD_CFG)))
-            .unwrap_or(false);
+        let root = Root::open(mount.path()).ok();
+        let found = root
+            .as_ref()
+            .is_some_and(|r| r.exists(Path::new(CLOUD_CFG)));
+        if !found
+            && let Some(target) = root
+                .as_ref()
+                .and_then(|r| dangling_link_target(r, mount.path()))
+        {
+            dangling.get_or_insert((p.number, target));
+        }
+        drop(root);
         if found && keep_probe && kept.is_none() {
             kept = Some((device, mount));
         } else {
@@ -332,11 +374,22 @@ fn find_root(
             Ok((p, kind, kept))
         }
         0 => {
-            if let Some((p, kind)) = kinds
-                .iter()
-                .find(|(_, k)| matches!(k, FsKind::Lvm2Pv | FsKind::Luks))
-            {
+            if let Some((p, kind)) = kinds.iter().find(|(_, k)| {
+                matches!(
+                    k,
+                    FsKind::Lvm2Pv
+                        | FsKind::Luks
+                        | FsKind::ExtExternalJournal
+                        | FsKind::BtrfsMultiDevice
+                )
+            }) {
                 refuse_unmountable(display, p, kind)?;
+            }
+            if let Some((number, target)) = dangling {
+                bail!(
+                    "{display}: partition {number} has /{CLOUD_CFG}, but it is a symbolic link to {}, which does not exist in the image (links are followed inside the image, never on the host): fix the link in the image",
+                    target.display()
+                );
             }
             bail!(
                 "{display}: no partition holds /{CLOUD_CFG} (partitions: {}); is cloud-init installed in this image?",

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::format::ImageFormat;
+use super::containment::Layer;
 
 pub const DAEMON: &str = "qemu-storage-daemon";
 /// Debian ships qemu-storage-daemon in qemu-utils (bookworm-backports and later).
@@ -38,10 +38,16 @@ impl RawView {
     /// Starts the daemon. It runs in this process's (private) mount
     /// namespace and is told by the kernel to stop (SIGTERM) if this process
     /// dies, so it never outlives us.
-    pub fn start(image: &Path, format: ImageFormat, writable: bool) -> Result<RawView> {
+    /// `layers` is the image itself and then the backing files it may
+    /// read (see `containment::layers`); the image is writable only when
+    /// `writable`, its backing files never.
+    pub fn start(layers: &[Layer], writable: bool) -> Result<RawView> {
+        let (image, format) = match layers.first() {
+            Some(top) => (top.path.as_path(), top.format),
+            None => bail!("no image given to {DAEMON}"),
+        };
         super::mount::enter_private_namespace()?;
-        let dir = nix::unistd::mkdtemp(&std::env::temp_dir().join("prepare-image-view.XXXXXX"))
-            .context("creating a temp directory for the raw view")?;
+        let dir = super::tempdirs::create("view")?;
         let raw = dir.join("raw");
         std::fs::File::create(&raw).with_context(|| format!("creating {}", raw.display()))?;
         let mut view = RawView {
@@ -49,22 +55,13 @@ impl RawView {
             dir,
             raw,
         };
-        let read_only = if writable { "off" } else { "on" };
         let mut command = Command::new(DAEMON);
         command
             .arg("--blockdev")
-            .arg(format!(
-                "driver=file,node-name=file,filename={},read-only={read_only}",
-                qemu_escape(image)
-            ))
-            .arg("--blockdev")
-            .arg(format!(
-                "driver={},node-name=image,file=file,read-only={read_only}",
-                format.qemu_driver()
-            ))
+            .arg(blockdev(layers, writable)?.to_string())
             .arg("--export")
             .arg(format!(
-                "type=fuse,id=raw,node-name=image,mountpoint={},writable={}",
+                "type=fuse,id=raw,node-name={TOP_NODE},mountpoint={},writable={}",
                 qemu_escape(&view.raw),
                 if writable { "on" } else { "off" }
             ))
@@ -177,6 +174,41 @@ impl Drop for RawView {
     }
 }
 
+const TOP_NODE: &str = "image";
+
+/// The whole block graph, in the JSON form of `--blockdev`: every file qemu
+/// opens is named here, and each format node gets an explicit `backing`
+/// (`null` below the last layer), so qemu opens nothing the image names on
+/// its own. (The dotted form `backing=null` is taken as a node name.)
+/// Backing files are always read-only: writes go to the image itself.
+fn blockdev(layers: &[Layer], writable: bool) -> Result<serde_json::Value> {
+    let mut below = serde_json::Value::Null;
+    for (depth, layer) in layers.iter().enumerate().rev() {
+        let read_only = depth > 0 || !writable;
+        let Some(filename) = layer.path.to_str() else {
+            bail!(
+                "{} is not a UTF-8 path, which {DAEMON} cannot be given: rename it",
+                layer.path.display()
+            );
+        };
+        let mut node = serde_json::json!({
+            "driver": layer.format.qemu_driver(),
+            "read-only": read_only,
+            "file": {
+                "driver": "file",
+                "filename": filename,
+                "read-only": read_only,
+            },
+        });
+        if layer.format.has_backing() {
+            node["backing"] = below;
+        }
+        below = node;
+    }
+    below["node-name"] = TOP_NODE.into();
+    Ok(below)
+}
+
 /// qemu's option syntax uses `,` as separator; a literal comma is doubled.
 fn qemu_escape(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
@@ -212,4 +244,62 @@ fn unescape_mountinfo(field: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::image::format::ImageFormat;
+
+    fn layer(path: &str, format: ImageFormat) -> Layer {
+        Layer {
+            path: PathBuf::from(path),
+            format,
+        }
+    }
+
+    #[test]
+    fn a_single_image_gets_an_explicit_null_backing() {
+        let graph = blockdev(&[layer("/i/disk.qcow2", ImageFormat::Qcow2)], true).unwrap();
+        assert_eq!(
+            graph,
+            serde_json::json!({
+                "driver": "qcow2",
+                "node-name": "image",
+                "read-only": false,
+                "file": {"driver": "file", "filename": "/i/disk.qcow2", "read-only": false},
+                "backing": null,
+            })
+        );
+    }
+
+    #[test]
+    fn backing_files_are_read_only_and_the_chain_ends_in_null() {
+        let graph = blockdev(
+            &[
+                layer("/i/top.qcow2", ImageFormat::Qcow2),
+                layer("/i/mid.vmdk", ImageFormat::Vmdk),
+                layer("/i/base,1.img", ImageFormat::Raw),
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(graph["read-only"], false);
+        let mid = &graph["backing"];
+        assert_eq!(mid["driver"], "vmdk");
+        assert_eq!(mid["read-only"], true);
+        assert_eq!(mid["file"]["read-only"], true);
+        let base = &mid["backing"];
+        assert_eq!(
+            base,
+            &serde_json::json!({
+                "driver": "raw",
+                "read-only": true,
+                "file": {"driver": "file", "filename": "/i/base,1.img", "read-only": true},
+            })
+        );
+        // Read-only runs write nothing at all.
+        let graph = blockdev(&[layer("/i/top.qcow2", ImageFormat::Qcow2)], false).unwrap();
+        assert_eq!(graph["read-only"], true);
+    }
 }

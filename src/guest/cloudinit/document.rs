@@ -9,12 +9,22 @@
 //! byte span so that the editor can change exactly the text it must and
 //! nothing else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
 
 use crate::guest::cloudinit::yaml::{self, ErrorKind, Event, EventKind, ScalarStyle, YamlError};
 
 /// The meaning of a YAML node, as PyYAML's `safe_load` would build it.
+///
+/// Lists and mappings sit behind `Rc`: a node reached through an alias
+/// (`*name`) shares its anchored value, as PyYAML shares the Python object, so
+/// the memory a document takes grows with its text and not with the number of
+/// paths through its aliases (a "billion laughs" of a few hundred bytes).
+/// Functions that walk a whole value must therefore never expand it as a tree
+/// without a bound: equality remembers the pairs it has compared, renderings
+/// stop at a size budget.
 #[derive(Debug, Clone)]
 pub enum Value {
     Null,
@@ -24,37 +34,192 @@ pub enum Value {
     Str(String),
     /// A YAML 1.1 timestamp; kept as its text (we never compute with dates).
     Timestamp(String),
-    Seq(Vec<Value>),
+    Seq(Rc<Vec<Value>>),
     /// Keys in first-seen order; a duplicated key keeps its first position and
     /// its last value, as a Python dict built by PyYAML does.
-    Map(Vec<(Value, Value)>),
+    Map(Rc<Vec<(Value, Value)>>),
 }
 
 impl PartialEq for Value {
     fn eq(&self, other: &Value) -> bool {
-        match (self, other) {
-            (Value::Null, Value::Null) => true,
-            (Value::Bool(a), Value::Bool(b)) => a == b,
-            (Value::Int(a), Value::Int(b)) => a == b,
-            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits() || a == b,
-            (Value::Str(a), Value::Str(b)) => a == b,
-            (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
-            (Value::Seq(a), Value::Seq(b)) => a == b,
-            // A mapping's meaning does not depend on key order.
-            (Value::Map(a), Value::Map(b)) => {
-                a.len() == b.len()
-                    && a.iter().all(|(k, v)| {
-                        b.iter()
-                            .find(|(k2, _)| k2 == k)
-                            .is_some_and(|(_, v2)| v2 == v)
-                    })
-            }
-            _ => false,
-        }
+        equal(self, other, &mut HashSet::new())
     }
 }
 
+/// The address of a shared list or mapping, to recognise it when met again.
+fn shared_address(value: &Value) -> Option<usize> {
+    match value {
+        Value::Seq(items) => Some(Rc::as_ptr(items) as *const u8 as usize),
+        Value::Map(entries) => Some(Rc::as_ptr(entries) as *const u8 as usize),
+        _ => None,
+    }
+}
+
+/// Equality that visits each pair of shared collections once: two values
+/// built from aliases are DAGs whose trees may be exponentially large, and
+/// `known_equal` keeps the comparison proportional to the DAGs instead.
+/// Pairs are remembered only while both values are borrowed, so an address
+/// cannot be reused in between.
+fn equal(a: &Value, b: &Value, known_equal: &mut HashSet<(usize, usize)>) -> bool {
+    let pair = match (shared_address(a), shared_address(b)) {
+        (Some(x), Some(y)) if x == y => return true,
+        (Some(x), Some(y)) => Some((x, y)),
+        _ => None,
+    };
+    if pair.is_some_and(|p| known_equal.contains(&p)) {
+        return true;
+    }
+    let same = match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Bool(a), Value::Bool(b)) => a == b,
+        (Value::Int(a), Value::Int(b)) => a == b,
+        (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits() || a == b,
+        (Value::Str(a), Value::Str(b)) => a == b,
+        (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
+        (Value::Seq(a), Value::Seq(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b.iter())
+                    .all(|(x, y)| equal(x, y, known_equal))
+        }
+        // A mapping's meaning does not depend on key order.
+        (Value::Map(a), Value::Map(b)) => {
+            a.len() == b.len() && {
+                let index = KeyIndex::of(b);
+                a.iter().all(|(k, v)| {
+                    index
+                        .find(b, k)
+                        .is_some_and(|i| equal(v, &b[i].1, known_equal))
+                })
+            }
+        }
+        _ => false,
+    };
+    if same && let Some(p) = pair {
+        known_equal.insert(p);
+    }
+    same
+}
+
+/// A number as a Python dict key: `True`, `1` and `1.0` are one key (and
+/// `False`, `0`, `0.0`, `-0.0`); every `.nan` PyYAML builds is one shared
+/// object, so those are one key too.
+#[derive(PartialEq, Eq, Hash)]
+enum PythonNumber {
+    Integral(i128),
+    Fractional(u64),
+    NaN,
+}
+
+fn python_number(v: &Value) -> Option<PythonNumber> {
+    /// 2^127: integral floats below it convert to i128 exactly.
+    const I128_RANGE: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+    Some(match v {
+        Value::Bool(b) => PythonNumber::Integral(i128::from(*b)),
+        Value::Int(i) => PythonNumber::Integral(*i),
+        Value::Float(f) if f.is_nan() => PythonNumber::NaN,
+        Value::Float(f) if f.fract() == 0.0 && f.abs() < I128_RANGE => {
+            PythonNumber::Integral(*f as i128)
+        }
+        Value::Float(f) => PythonNumber::Fractional(f.to_bits()),
+        _ => return None,
+    })
+}
+
+/// Whether two keys are one key of the Python dict PyYAML builds.
+fn same_python_key(a: &Value, b: &Value) -> bool {
+    match (python_number(a), python_number(b)) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a == b,
+        _ => false,
+    }
+}
+
+/// A hash of a mapping key that agrees with [`same_python_key`] (keys are
+/// scalars; a collection key hashes by its kind only).
+fn key_hash(key: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Some(n) = python_number(key) {
+        n.hash(&mut h);
+        return h.finish();
+    }
+    std::mem::discriminant(key).hash(&mut h);
+    match key {
+        Value::Str(s) | Value::Timestamp(s) => s.hash(&mut h),
+        _ => {}
+    }
+    h.finish()
+}
+
+/// Positions of a mapping's keys by hash, so that looking a key up or
+/// inserting one is O(1) amortised: a mapping of 100,000 keys stays linear.
+#[derive(Default)]
+pub struct KeyIndex {
+    positions: HashMap<u64, Vec<usize>>,
+}
+
+impl KeyIndex {
+    pub fn of(entries: &[(Value, Value)]) -> KeyIndex {
+        let mut index = KeyIndex::default();
+        for (i, (k, _)) in entries.iter().enumerate() {
+            index.positions.entry(key_hash(k)).or_default().push(i);
+        }
+        index
+    }
+
+    pub fn find(&self, entries: &[(Value, Value)], key: &Value) -> Option<usize> {
+        self.positions
+            .get(&key_hash(key))?
+            .iter()
+            .copied()
+            .find(|&i| same_python_key(&entries[i].0, key))
+    }
+
+    /// Sets `key` to `value`: a new key goes last, a known one keeps its
+    /// position and takes the new value (PyYAML's last-wins on duplicates).
+    pub fn insert(&mut self, entries: &mut Vec<(Value, Value)>, key: Value, value: Value) {
+        match self.find(entries, &key) {
+            Some(i) => entries[i].1 = value,
+            None => self.push_new(entries, key, value),
+        }
+    }
+
+    /// Adds `key` only when it is not there yet (merge keys: the first
+    /// source that has a key gives its value).
+    fn insert_if_absent(&mut self, entries: &mut Vec<(Value, Value)>, key: Value, value: Value) {
+        if self.find(entries, &key).is_none() {
+            self.push_new(entries, key, value);
+        }
+    }
+
+    fn push_new(&mut self, entries: &mut Vec<(Value, Value)>, key: Value, value: Value) {
+        self.positions
+            .entry(key_hash(&key))
+            .or_default()
+            .push(entries.len());
+        entries.push((key, value));
+    }
+}
+
+/// How much of a value a rendering for people shows before it stops with an
+/// ellipsis: far more than any setting we report, far less than an expanded
+/// billion laughs.
+const RENDER_BUDGET: usize = 64 * 1024;
+
+/// How much of a value a message line shows (`Display`) before "…".
+const DISPLAY_BUDGET: usize = 1024;
+
 impl Value {
+    /// A list value.
+    pub fn seq(items: Vec<Value>) -> Value {
+        Value::Seq(Rc::new(items))
+    }
+
+    /// A mapping value; `entries` must not repeat a key.
+    pub fn map(entries: Vec<(Value, Value)>) -> Value {
+        Value::Map(Rc::new(entries))
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -77,9 +242,11 @@ impl Value {
             .map(|(_, v)| v)
     }
 
+    /// The value under a string key, unshared first (copy on write) so that
+    /// changing it changes no other place that shares it.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
         match self {
-            Value::Map(m) => m
+            Value::Map(m) => Rc::make_mut(m)
                 .iter_mut()
                 .find(|(k, _)| k.as_str() == Some(key))
                 .map(|(_, v)| v),
@@ -90,6 +257,7 @@ impl Value {
     /// Inserts or replaces a string key, keeping the position of an existing key.
     pub fn insert(&mut self, key: &str, value: Value) {
         if let Value::Map(m) = self {
+            let m = Rc::make_mut(m);
             if let Some(slot) = m.iter_mut().find(|(k, _)| k.as_str() == Some(key)) {
                 slot.1 = value;
             } else {
@@ -125,9 +293,18 @@ impl Value {
     }
 
     /// The value as JSON, for reports. Non-string keys are written as their
-    /// YAML text.
+    /// YAML text. A value larger than the render budget (only possible
+    /// through aliases) has its remaining parts written as the string "…".
     pub fn to_json(&self) -> serde_json::Value {
+        self.to_json_within(&mut RENDER_BUDGET.clone())
+    }
+
+    fn to_json_within(&self, budget: &mut usize) -> serde_json::Value {
         use serde_json::Value as J;
+        if *budget == 0 {
+            return J::String("…".to_string());
+        }
+        *budget -= 1;
         match self {
             Value::Null => J::Null,
             Value::Bool(b) => J::Bool(*b),
@@ -138,48 +315,73 @@ impl Value {
                 .map(J::Number)
                 .unwrap_or_else(|| J::String(f.to_string())),
             Value::Str(s) | Value::Timestamp(s) => J::String(s.clone()),
-            Value::Seq(items) => J::Array(items.iter().map(Value::to_json).collect()),
+            Value::Seq(items) => J::Array(items.iter().map(|v| v.to_json_within(budget)).collect()),
             Value::Map(entries) => J::Object(
                 entries
                     .iter()
-                    .map(|(k, v)| (k.to_yaml_inline(), v.to_json()))
+                    .map(|(k, v)| (k.to_yaml_inline(), v.to_json_within(budget)))
                     .collect(),
             ),
         }
     }
 
     /// A one-line YAML rendering, for messages and for the text we insert.
+    /// It stops with "…" past the render budget (64 KiB), which only a value
+    /// multiplied by aliases reaches; the editor verifies what it inserts.
     pub fn to_yaml_inline(&self) -> String {
-        match self {
-            Value::Null => "null".to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Int(i) => i.to_string(),
-            Value::Float(f) => f.to_string(),
-            Value::Timestamp(s) => s.clone(),
-            Value::Str(s) => render_str(s),
-            Value::Seq(items) => format!(
-                "[{}]",
-                items
-                    .iter()
-                    .map(Value::to_yaml_inline)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Value::Map(entries) => format!(
-                "{{{}}}",
-                entries
-                    .iter()
-                    .map(|(k, v)| format!("{}: {}", k.to_yaml_inline(), v.to_yaml_inline()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        self.inline_within(RENDER_BUDGET)
+    }
+
+    fn inline_within(&self, budget: usize) -> String {
+        let mut out = String::new();
+        // The error only says that the budget ran out; the text so far stays.
+        if self.write_inline(&mut out, budget).is_err() {
+            out.push('…');
         }
+        out
+    }
+
+    fn write_inline(&self, out: &mut String, budget: usize) -> Result<(), ()> {
+        if out.len() > budget {
+            return Err(());
+        }
+        match self {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(&b.to_string()),
+            Value::Int(i) => out.push_str(&i.to_string()),
+            Value::Float(f) => out.push_str(&f.to_string()),
+            Value::Timestamp(s) => out.push_str(s),
+            Value::Str(s) => out.push_str(&render_str(s)),
+            Value::Seq(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    item.write_inline(out, budget)?;
+                }
+                out.push(']');
+            }
+            Value::Map(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    k.write_inline(out, budget)?;
+                    out.push_str(": ");
+                    v.write_inline(out, budget)?;
+                }
+                out.push('}');
+            }
+        }
+        Ok(())
     }
 }
 
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_yaml_inline())
+        f.write_str(&self.inline_within(DISPLAY_BUDGET))
     }
 }
 
@@ -224,6 +426,9 @@ pub enum Style {
     Block,
 }
 
+/// The children of a list or mapping node sit behind `Rc` so that a node
+/// reached through an alias shares the anchored node's children instead of
+/// copying them (see `Value`).
 #[derive(Debug, Clone)]
 pub enum NodeKind {
     Scalar {
@@ -231,11 +436,11 @@ pub enum NodeKind {
         style: Style,
     },
     Seq {
-        items: Vec<Node>,
+        items: Rc<Vec<Node>>,
         flow: bool,
     },
     Map {
-        entries: Vec<(Node, Node)>,
+        entries: Rc<Vec<(Node, Node)>>,
         flow: bool,
     },
 }
@@ -246,48 +451,22 @@ pub struct Node {
     pub span: Span,
     /// 1-based line of the node's first character.
     pub line: usize,
-    /// True for a node reached through an alias (`*name`): its spans belong to
-    /// the anchored node elsewhere, so the editor must not edit through it.
+    /// True for a node reached through an alias (`*name`), and for every node
+    /// inside it: its spans belong to the anchored node elsewhere, so the
+    /// editor must not edit through it.
     pub from_alias: bool,
+    /// The node's meaning, built once with the node (shared with the
+    /// children's meanings), so that asking for it is cheap.
+    value: Value,
+    /// Levels of lists and mappings in the meaning, aliases followed.
+    depth: usize,
 }
 
 impl Node {
     /// The node's meaning, with `<<` merge keys applied and duplicate keys
     /// resolved as PyYAML does (last one wins).
     pub fn to_value(&self) -> Value {
-        match &self.kind {
-            NodeKind::Scalar { value, .. } => value.clone(),
-            NodeKind::Seq { items, .. } => Value::Seq(items.iter().map(Node::to_value).collect()),
-            NodeKind::Map { entries, .. } => {
-                let mut merged: Vec<(Value, Value)> = Vec::new();
-                let mut explicit: Vec<(Value, Value)> = Vec::new();
-                for (k, v) in entries {
-                    if k.is_merge_key() {
-                        // PyYAML's flatten_mapping: merged keys come first,
-                        // explicit keys win over them.
-                        let sources = match v.to_value() {
-                            Value::Seq(items) => items,
-                            other => vec![other],
-                        };
-                        for source in sources {
-                            if let Value::Map(m) = source {
-                                for (mk, mv) in m {
-                                    if !merged.iter().any(|(k2, _)| same_python_key(k2, &mk)) {
-                                        merged.push((mk, mv));
-                                    }
-                                }
-                            }
-                        }
-                    } else {
-                        insert_last_wins(&mut explicit, k.to_value(), v.to_value());
-                    }
-                }
-                for (k, v) in explicit {
-                    insert_last_wins(&mut merged, k, v);
-                }
-                Value::Map(merged)
-            }
-        }
+        self.value.clone()
     }
 
     fn is_merge_key(&self) -> bool {
@@ -331,43 +510,61 @@ impl Node {
     }
 }
 
-/// Whether two keys are one key of a Python dict: `True`, `1` and `1.0`
-/// are (and `False`, `0`, `0.0`); every `.nan` PyYAML builds is one shared
-/// object, so those are too.
-fn same_python_key(a: &Value, b: &Value) -> bool {
-    fn number(v: &Value) -> Option<f64> {
-        match v {
-            Value::Bool(b) => Some(f64::from(u8::from(*b))),
-            Value::Int(i) => Some(*i as f64),
-            Value::Float(f) => Some(*f),
-            _ => None,
+/// The meaning of a mapping's entries, as PyYAML's `flatten_mapping` and
+/// `construct_mapping` build it: merged keys (`<<: *x` or `<<: [*x, *y]`)
+/// come first, the first source that has a key gives it; explicit keys win
+/// over merged ones; a duplicated key keeps its first position and its last
+/// value. Every key costs one unit of `work`.
+fn mapping_value(entries: &[(Node, Node)], work: &mut Work) -> Result<Value, String> {
+    let mut merged: Vec<(Value, Value)> = Vec::new();
+    let mut merged_index = KeyIndex::default();
+    let mut explicit: Vec<(Value, Value)> = Vec::new();
+    let mut explicit_index = KeyIndex::default();
+    for (k, v) in entries {
+        if k.is_merge_key() {
+            let sources = match &v.value {
+                Value::Seq(items) => items.iter().collect(),
+                other => vec![other],
+            };
+            for source in sources {
+                if let Value::Map(m) = source {
+                    work.spend(m.len())?;
+                    for (mk, mv) in m.iter() {
+                        merged_index.insert_if_absent(&mut merged, mk.clone(), mv.clone());
+                    }
+                }
+            }
+        } else {
+            work.spend(1)?;
+            explicit_index.insert(&mut explicit, k.value.clone(), v.value.clone());
         }
     }
-    match (a, b) {
-        (Value::Int(x), Value::Int(y)) => x == y,
-        (Value::Float(x), Value::Float(y)) if x.is_nan() && y.is_nan() => true,
-        _ => match (number(a), number(b)) {
-            (Some(x), Some(y)) => {
-                // An int beyond f64's exact range equals no float of
-                // another value; compare exactly where that matters.
-                x == y
-                    && match (a, b) {
-                        (Value::Int(i), Value::Float(f)) | (Value::Float(f), Value::Int(i)) => {
-                            f.fract() == 0.0 && (*f as i128) == *i
-                        }
-                        _ => true,
-                    }
-            }
-            _ => a == b,
-        },
+    for (k, v) in explicit {
+        merged_index.insert(&mut merged, k, v);
     }
+    Ok(Value::map(merged))
 }
 
-fn insert_last_wins(map: &mut Vec<(Value, Value)>, key: Value, value: Value) {
-    if let Some(slot) = map.iter_mut().find(|(k, _)| same_python_key(k, &key)) {
-        slot.1 = value;
-    } else {
-        map.push((key, value));
+/// A budget on the work aliases and merge keys can cause: copying merged
+/// keys and aliased scalars. Each unit is at least one key or one byte of
+/// real work, and the budget is far above what a real cloud.cfg needs
+/// (Debian's has a few hundred keys), so that `<<: [*a, *b, ...]` chains
+/// cannot make loading quadratic.
+struct Work {
+    left: usize,
+}
+
+const ALIAS_WORK_LIMIT: usize = 4 * 1024 * 1024;
+
+impl Work {
+    fn spend(&mut self, units: usize) -> Result<(), String> {
+        self.left = self.left.checked_sub(units).ok_or_else(|| {
+            format!(
+                "aliases and merge keys here repeat more than {ALIAS_WORK_LIMIT} keys or bytes, \
+                 {BEYOND_A_BOUND}: write the values out, or use fewer aliases"
+            )
+        })?;
+        Ok(())
     }
 }
 
@@ -384,7 +581,7 @@ impl Document {
         self.root
             .as_ref()
             .map(Node::to_value)
-            .unwrap_or(Value::Map(Vec::new()))
+            .unwrap_or_else(|| Value::map(Vec::new()))
     }
 }
 
@@ -401,6 +598,9 @@ pub enum ParseErrorKind {
     /// Valid for cloud-init, but not something prepare-image works on: a
     /// Jinja template, a recursive alias, a `!!set`, `!!binary` data.
     Unsupported,
+    /// Beyond one of our bounds (size, nesting, alias work): cloud-init may
+    /// well read it, we decline to.
+    Bound,
 }
 
 /// Why a text is not a cloud.cfg we can work on. `line` and `column` are
@@ -411,14 +611,6 @@ pub struct ParseError {
     pub line: Option<usize>,
     pub column: Option<usize>,
     pub message: String,
-}
-
-impl ParseError {
-    /// cloud-init reads this file as `{}` (its "Failed loading yaml blob"):
-    /// the file counts as absent in the effective configuration.
-    pub fn is_ignored_by_cloud_init(&self) -> bool {
-        self.kind == ParseErrorKind::IgnoredByCloudInit
-    }
 }
 
 impl fmt::Display for ParseError {
@@ -433,6 +625,24 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// Said by every refusal that comes from one of our bounds rather than from
+/// YAML: cloud-init may well read such a file, we only decline to.
+const BEYOND_A_BOUND: &str = yaml::BEYOND_A_BOUND;
+
+impl ParseError {
+    /// Whether the text was refused for exceeding one of our bounds (size,
+    /// nesting, alias work), not for being invalid YAML.
+    pub fn exceeds_a_bound(&self) -> bool {
+        self.kind == ParseErrorKind::Bound
+    }
+
+    /// cloud-init reads this file as `{}` (its "Failed loading yaml blob"):
+    /// the file counts as absent in the effective configuration.
+    pub fn is_ignored_by_cloud_init(&self) -> bool {
+        self.kind == ParseErrorKind::IgnoredByCloudInit
+    }
+}
+
 impl From<YamlError> for ParseError {
     fn from(e: YamlError) -> ParseError {
         let (kind, message) = match e.kind {
@@ -445,6 +655,7 @@ impl From<YamlError> for ParseError {
                 format!("cloud-init fails on this file (PyYAML: {})", e.message),
             ),
             ErrorKind::Unsupported => (ParseErrorKind::Unsupported, e.message),
+            ErrorKind::Bound => (ParseErrorKind::Bound, e.message),
         };
         ParseError {
             kind,
@@ -463,6 +674,28 @@ fn error_at(line: usize, col0: usize, message: impl Into<String>) -> ParseError 
         message: message.into(),
     }
 }
+
+/// A refusal from one of our bounds.
+fn bound_at(line: usize, col0: usize, message: impl Into<String>) -> ParseError {
+    ParseError {
+        kind: ParseErrorKind::Bound,
+        ..error_at(line, col0, message)
+    }
+}
+
+/// The largest cloud.cfg we read. Real ones are a few KiB (Debian's is about
+/// 4 KiB, with every module listed); a thousand times that is still far
+/// below what could strain memory, since memory is linear in the text.
+pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The deepest nesting of lists and mappings we read, aliases followed.
+/// PyYAML 6.0 (cloud-init's loader) fails with a Python RecursionError
+/// between 400 and 500 levels, and no real cloud.cfg goes beyond ten. The
+/// loader recurses once per level, with frames of about 10 KiB in a debug
+/// build: 128 levels stay well inside a test thread's 2 MiB stack (180 levels
+/// were measured to fit), and every later walk over a node or a value is
+/// bounded by the same depth.
+pub const MAX_NESTING: usize = 128;
 
 /// cloud-init's `templater.detect_template`: the first line (up to `\n`)
 /// matches `##\s*template:(.*)` (any case) and the rest, lowercased and
@@ -488,8 +721,21 @@ fn is_python_space(c: char) -> bool {
 /// Parses a cloud.cfg text. Refuses what cloud-init would not read as a
 /// configuration: Jinja templates, invalid YAML (exactly what PyYAML's
 /// `safe_load` refuses), several documents, and a top level that is not a
-/// mapping.
+/// mapping; and what is beyond our bounds.
 pub fn parse(text: &str) -> Result<Document, ParseError> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(ParseError {
+            kind: ParseErrorKind::Bound,
+            line: None,
+            column: None,
+            message: format!(
+                "{} bytes, more than {} MiB, {BEYOND_A_BOUND} \
+                 (Debian's cloud.cfg is about 4 KiB)",
+                text.len(),
+                MAX_DOCUMENT_BYTES / (1024 * 1024)
+            ),
+        });
+    }
     if is_jinja_template(text) {
         return Err(ParseError {
             kind: ParseErrorKind::Unsupported,
@@ -544,7 +790,14 @@ pub fn parse(text: &str) -> Result<Document, ParseError> {
 struct Loader<'a> {
     text: &'a str,
     parser: yaml::Parser,
+    /// Each anchor's node as an alias shows it (marked `from_alias`).
     anchors: HashMap<String, Node>,
+    /// Marked copies of anchored children, by the address of the children's
+    /// `Rc`, so that marking nested anchors copies each node once.
+    marked: HashMap<usize, Node>,
+    /// Lists and mappings open around the current event.
+    open_collections: usize,
+    work: Work,
 }
 
 impl<'a> Loader<'a> {
@@ -553,6 +806,11 @@ impl<'a> Loader<'a> {
             text,
             parser: yaml::Parser::new(text)?,
             anchors: HashMap::new(),
+            marked: HashMap::new(),
+            open_collections: 0,
+            work: Work {
+                left: ALIAS_WORK_LIMIT,
+            },
         })
     }
 
@@ -584,8 +842,12 @@ impl<'a> Loader<'a> {
     }
 
     fn node(&mut self, event: Event) -> Result<Node, ParseError> {
+        // PyYAML's marks: a block sequence starts at its first `-` (also an
+        // indentless one), a block mapping at its first key, a node with an
+        // anchor or tag at the anchor or tag.
         let start = event.start.byte;
         let line = event.start.line + 1;
+        let col0 = event.start.column;
         match event.kind {
             EventKind::Scalar {
                 anchor,
@@ -606,7 +868,7 @@ impl<'a> Loader<'a> {
                     .unwrap_or_else(|_| Value::Str(text.clone()));
                 let node = Node {
                     kind: NodeKind::Scalar {
-                        value,
+                        value: value.clone(),
                         style: match style {
                             ScalarStyle::Plain => Style::Plain,
                             ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => Style::Quoted,
@@ -619,11 +881,14 @@ impl<'a> Loader<'a> {
                     },
                     line,
                     from_alias: false,
+                    value,
+                    depth: 0,
                 };
                 self.remember(anchor, &node);
                 Ok(node)
             }
             EventKind::SequenceStart { anchor, flow, .. } => {
+                self.open_collection(line, col0)?;
                 let mut items = Vec::new();
                 let end;
                 loop {
@@ -632,22 +897,31 @@ impl<'a> Loader<'a> {
                         end = if flow {
                             ev.end.byte
                         } else {
-                            content_end(start, &items)
+                            content_end(start, items.iter())
                         };
                         break;
                     }
                     items.push(self.node(ev)?);
                 }
+                self.open_collections -= 1;
+                let value = Value::seq(items.iter().map(|n| n.value.clone()).collect());
+                let depth = 1 + items.iter().map(|n| n.depth).max().unwrap_or(0);
                 let node = Node {
-                    kind: NodeKind::Seq { items, flow },
+                    kind: NodeKind::Seq {
+                        items: Rc::new(items),
+                        flow,
+                    },
                     span: Span { start, end },
                     line,
                     from_alias: false,
+                    value,
+                    depth,
                 };
                 self.remember(anchor, &node);
                 Ok(node)
             }
             EventKind::MappingStart { anchor, flow, .. } => {
+                self.open_collection(line, col0)?;
                 let mut entries: Vec<(Node, Node)> = Vec::new();
                 let end;
                 loop {
@@ -656,11 +930,7 @@ impl<'a> Loader<'a> {
                         end = if flow {
                             ev.end.byte
                         } else {
-                            let children: Vec<Node> = entries
-                                .iter()
-                                .flat_map(|(k, v)| [k.clone(), v.clone()])
-                                .collect();
-                            content_end(start, &children)
+                            content_end(start, entries.iter().flat_map(|(k, v)| [k, v]))
                         };
                         break;
                     }
@@ -677,18 +947,35 @@ impl<'a> Loader<'a> {
                     let value = self.node(vev)?;
                     entries.push((key, value));
                 }
+                self.open_collections -= 1;
+                let value =
+                    mapping_value(&entries, &mut self.work).map_err(|m| bound_at(line, col0, m))?;
+                let depth = 1 + entries.iter().map(|(_, v)| v.depth).max().unwrap_or(0);
                 let node = Node {
-                    kind: NodeKind::Map { entries, flow },
+                    kind: NodeKind::Map {
+                        entries: Rc::new(entries),
+                        flow,
+                    },
                     span: Span { start, end },
                     line,
                     from_alias: false,
+                    value,
+                    depth,
                 };
                 self.remember(anchor, &node);
                 Ok(node)
             }
             EventKind::Alias { anchor } => match self.anchors.get(&anchor).cloned() {
-                Some(mut node) => {
-                    mark_alias(&mut node);
+                Some(node) => {
+                    // Collections are shared; a scalar's text is copied.
+                    let cost = match &node.value {
+                        Value::Str(s) | Value::Timestamp(s) => 1 + s.len(),
+                        _ => 1,
+                    };
+                    self.work.spend(cost).map_err(|m| bound_at(line, col0, m))?;
+                    if self.open_collections + node.depth > MAX_NESTING {
+                        return Err(self.too_deep(line, col0));
+                    }
                     Ok(node)
                 }
                 // An alias to a collection still open: yaml::check lets that
@@ -696,7 +983,7 @@ impl<'a> Loader<'a> {
                 // nothing the collection does not already say.
                 None => Ok(Node {
                     kind: NodeKind::Map {
-                        entries: Vec::new(),
+                        entries: Rc::new(Vec::new()),
                         flow: true,
                     },
                     span: Span {
@@ -705,11 +992,13 @@ impl<'a> Loader<'a> {
                     },
                     line,
                     from_alias: true,
+                    value: Value::map(Vec::new()),
+                    depth: 1,
                 }),
             },
             other => Err(error_at(
                 line,
-                event.start.column,
+                col0,
                 format!("unexpected YAML event {other:?}"),
             )),
         }
@@ -717,32 +1006,87 @@ impl<'a> Loader<'a> {
 
     fn remember(&mut self, anchor: Option<String>, node: &Node) {
         if let Some(anchor) = anchor {
-            self.anchors.insert(anchor, node.clone());
+            let marked = self.marked_copy(node);
+            self.anchors.insert(anchor, marked);
         }
+    }
+
+    /// `node` as seen through an alias: itself and every node inside marked
+    /// `from_alias`. Nodes already marked (aliases inside) are shared as they
+    /// are, and a nested anchor's copy is reused, so each node of the text is
+    /// copied at most once however the anchors nest.
+    fn marked_copy(&mut self, node: &Node) -> Node {
+        if node.from_alias {
+            return node.clone();
+        }
+        let address = match &node.kind {
+            NodeKind::Scalar { .. } => None,
+            NodeKind::Seq { items, .. } => Some(Rc::as_ptr(items) as *const u8 as usize),
+            NodeKind::Map { entries, .. } => Some(Rc::as_ptr(entries) as *const u8 as usize),
+        };
+        if let Some(done) = address.and_then(|a| self.marked.get(&a)) {
+            return done.clone();
+        }
+        let kind = match &node.kind {
+            NodeKind::Scalar { .. } => node.kind.clone(),
+            NodeKind::Seq { items, flow } => NodeKind::Seq {
+                items: Rc::new(items.iter().map(|n| self.marked_copy(n)).collect()),
+                flow: *flow,
+            },
+            NodeKind::Map { entries, flow } => NodeKind::Map {
+                entries: Rc::new(
+                    entries
+                        .iter()
+                        .map(|(k, v)| (self.marked_copy(k), self.marked_copy(v)))
+                        .collect(),
+                ),
+                flow: *flow,
+            },
+        };
+        let marked = Node {
+            kind,
+            from_alias: true,
+            ..node.clone()
+        };
+        if let Some(a) = address {
+            // The original stays alive in its parent, so its address is
+            // not reused while the loader runs.
+            self.marked.insert(a, marked.clone());
+        }
+        marked
+    }
+
+    /// Counts a list or mapping opening; refuses one nested too deep before
+    /// any recursion could come near the end of the stack.
+    fn open_collection(&mut self, line: usize, col0: usize) -> Result<(), ParseError> {
+        if self.open_collections >= MAX_NESTING {
+            return Err(self.too_deep(line, col0));
+        }
+        self.open_collections += 1;
+        Ok(())
+    }
+
+    fn too_deep(&self, line: usize, col0: usize) -> ParseError {
+        bound_at(
+            line,
+            col0,
+            format!(
+                "lists and mappings nested more than {MAX_NESTING} levels deep \
+                 (aliases followed), {BEYOND_A_BOUND} (a real cloud.cfg nests fewer than \
+                 ten; PyYAML itself gives up near 450)"
+            ),
+        )
     }
 }
 
 /// The end of a block collection: the end of its last non-empty child.
-fn content_end(start: usize, children: &[Node]) -> usize {
+fn content_end<'n>(start: usize, children: impl Iterator<Item = &'n Node>) -> usize {
     children
-        .iter()
         .filter(|c| c.span.end > c.span.start || !matches!(c.kind, NodeKind::Scalar { .. }))
         .map(|c| c.span.end)
         .max()
         .unwrap_or(start)
         .max(start)
-}
-
-fn mark_alias(node: &mut Node) {
-    node.from_alias = true;
-    match &mut node.kind {
-        NodeKind::Scalar { .. } => {}
-        NodeKind::Seq { items, .. } => items.iter_mut().for_each(mark_alias),
-        NodeKind::Map { entries, .. } => entries.iter_mut().for_each(|(k, v)| {
-            mark_alias(k);
-            mark_alias(v);
-        }),
-    }
 }
 
 #[cfg(test)]
@@ -791,7 +1135,7 @@ mod tests {
         let v = parse("a: 1\nb: 2\na: 3\n").unwrap().to_value();
         assert_eq!(
             v,
-            Value::Map(vec![
+            Value::map(vec![
                 (Value::Str("a".into()), Value::Int(3)),
                 (Value::Str("b".into()), Value::Int(2))
             ])
@@ -887,7 +1231,7 @@ mod tests {
 
     #[test]
     fn empty_documents_mean_an_empty_mapping() {
-        assert_eq!(parse("").unwrap().to_value(), Value::Map(vec![]));
+        assert_eq!(parse("").unwrap().to_value(), Value::map(vec![]));
         for text in ["---\n", "#cloud-config\n---\n# nothing yet\n", "--- \r\n"] {
             let doc = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
             assert!(doc.root.is_none(), "{text:?}");
@@ -896,8 +1240,101 @@ mod tests {
         assert!(parse("--- ~\n").is_err());
         assert_eq!(
             parse("# only a comment\n").unwrap().to_value(),
-            Value::Map(vec![])
+            Value::map(vec![])
         );
+    }
+
+    /// Ten lists of ten, each repeating the previous one's alias: 10^10
+    /// strings once expanded.
+    fn billion_laughs() -> String {
+        let mut text = String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let alias = format!("*l{}", i - 1);
+            text += &format!("l{i}: &l{i} [{}]\n", vec![alias; 10].join(", "));
+        }
+        text
+    }
+
+    #[test]
+    fn aliases_share_their_anchored_value() {
+        let doc = parse(&billion_laughs()).unwrap();
+        let v = doc.to_value();
+        let (Some(Value::Seq(l8)), Some(Value::Seq(l9))) = (v.get("l8"), v.get("l9")) else {
+            panic!("not lists")
+        };
+        let Value::Seq(first) = &l9[0] else { panic!() };
+        assert!(Rc::ptr_eq(first, l8));
+        // Equality of two separate readings compares each shared pair once.
+        let again = parse(&billion_laughs()).unwrap().to_value();
+        assert_eq!(v, again);
+        let mut changed = billion_laughs();
+        changed.replace_range(8..11, "LOL");
+        assert_ne!(v, parse(&changed).unwrap().to_value());
+        // Renderings stop at their budget.
+        let shown = v.get("l9").unwrap().to_string();
+        assert!(shown.len() < 2 * DISPLAY_BUDGET && shown.ends_with('…'));
+        let inline = v.get("l9").unwrap().to_yaml_inline();
+        assert!(inline.len() < 2 * RENDER_BUDGET && inline.ends_with('…'));
+        let json = v.get("l9").unwrap().to_json().to_string();
+        assert!(json.len() < 16 * RENDER_BUDGET && json.contains('…'));
+    }
+
+    #[test]
+    fn nodes_inside_an_alias_are_marked() {
+        let doc = parse("a: &a {b: {c: 1}, d: [x]}\ne: *a\n").unwrap();
+        let root = doc.root.unwrap();
+        let (_, a) = root.get("a").unwrap();
+        let (_, e) = root.get("e").unwrap();
+        assert!(!a.from_alias && !a.get("b").unwrap().1.from_alias);
+        assert!(e.from_alias);
+        let (k, b) = e.get("b").unwrap();
+        assert!(k.from_alias && b.from_alias && b.get("c").unwrap().1.from_alias);
+        let (_, d) = e.get("d").unwrap();
+        let NodeKind::Seq { items, .. } = &d.kind else {
+            panic!()
+        };
+        assert!(items[0].from_alias);
+    }
+
+    #[test]
+    fn bounds_are_one_line_errors_at_their_place() {
+        let deep = format!("a:\n{}x\n", "- ".repeat(MAX_NESTING + 1));
+        let err = parse(&deep).unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.message.contains("nested more than 128"), "{err}");
+        // Just within the bound is fine, also on a test thread's stack.
+        parse(&format!("a:\n{}x\n", "- ".repeat(MAX_NESTING - 1))).unwrap();
+        // Each mapping merges the previous one 5,000 times: quadratic work.
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i}: {i}")).collect();
+        let mut chain = format!("m0: &m0 {{{}}}\n", keys.join(", "));
+        for i in 1..30 {
+            let many = vec![format!("*m{}", i - 1); 5000].join(", ");
+            chain += &format!("m{i}: &m{i} {{<<: [{many}], k{i}: 1}}\n");
+        }
+        let err = parse(&chain).unwrap_err();
+        assert!(err.message.contains("merge keys"), "{err}");
+        assert!(err.line.is_some() && err.column.is_some(), "{err}");
+        let err = parse(&"#\n".repeat(MAX_DOCUMENT_BYTES / 2 + 1)).unwrap_err();
+        assert!(
+            err.message.contains("4 MiB") && err.exceeds_a_bound(),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_first_position_and_the_last_value() {
+        let mut text: String = (0..20_000).map(|i| format!("k{i}: {i}\n")).collect();
+        text += "k5: last\n<<: {k6: merged, new: merged}\n";
+        let v = parse(&text).unwrap().to_value();
+        let m = v.as_map().unwrap();
+        assert_eq!(m.len(), 20_001);
+        // Merged keys come first, explicit ones win over them.
+        assert_eq!(m[0], (Value::Str("k6".into()), Value::Int(6)));
+        assert_eq!(
+            m[1],
+            (Value::Str("new".into()), Value::Str("merged".into()))
+        );
+        assert_eq!(m[7], (Value::Str("k5".into()), Value::Str("last".into())));
     }
 
     #[test]

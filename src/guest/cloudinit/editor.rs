@@ -11,6 +11,7 @@
 //! nothing is returned but an error showing both.
 
 use std::fmt;
+use std::rc::Rc;
 
 use crate::guest::cloudinit::document::{self, Node, NodeKind, ParseError, Style, Value};
 
@@ -150,11 +151,12 @@ pub fn apply_to_value(value: &mut Value, edit: &Edit) {
         Edit::RemoveModule { module } => {
             let module = canonical_module_name(module);
             if let Value::Map(entries) = value {
-                for (k, v) in entries.iter_mut() {
+                // Copy on write: the lists may be shared through aliases.
+                for (k, v) in Rc::make_mut(entries).iter_mut() {
                     if let (Some(key), Value::Seq(items)) = (k.as_str(), v)
                         && is_module_list_key(key)
                     {
-                        items.retain(|item| {
+                        Rc::make_mut(items).retain(|item| {
                             entry_module_name(item)
                                 .is_none_or(|n| canonical_module_name(n) != module)
                         });
@@ -168,7 +170,7 @@ pub fn apply_to_value(value: &mut Value, edit: &Edit) {
         } => {
             let unwanted = canonical_module_name(unwanted);
             if let Some(Value::Seq(items)) = value.get_mut(key) {
-                items.retain(|item| {
+                Rc::make_mut(items).retain(|item| {
                     item.as_str()
                         .is_none_or(|s| canonical_module_name(s) != unwanted)
                 });
@@ -206,7 +208,7 @@ fn set_value_path(map: &mut Value, path: &[String], wanted: &Value, add: bool) {
 
 fn nested_value(path: &[String], wanted: &Value) -> Value {
     path.iter().rev().fold(wanted.clone(), |inner, key| {
-        Value::Map(vec![(Value::Str(key.clone()), inner)])
+        Value::map(vec![(Value::Str(key.clone()), inner)])
     })
 }
 

@@ -11,12 +11,14 @@
 //! therefore replaced whole by the file that sorts last. A `conf_d` key in
 //! cloud.cfg names another drop-in directory, or none when it is empty.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::{Result, anyhow};
 
 use crate::access::root::{AccessError, AccessErrorKind, Root};
-use crate::guest::cloudinit::document::{self, Document, Node, NodeKind, Value};
+use crate::guest::cloudinit::document::{self, Document, KeyIndex, Node, NodeKind, Value};
 use crate::guest::cloudinit::editor::{self, Edit, entry_module_name, is_module_list_key};
 use crate::guest::cloudinit::profile::Profile;
 
@@ -77,7 +79,7 @@ impl ConfigSet {
 
     /// The merged configuration, as cloud-init builds it.
     pub fn effective(&self) -> Value {
-        let mut merged = Value::Map(Vec::new());
+        let mut merged = Value::map(Vec::new());
         for file in self.files.iter().rev() {
             merge_keeping_existing(&mut merged, &file.doc.to_value());
         }
@@ -140,7 +142,7 @@ impl ConfigSet {
                 continue;
             };
             if let NodeKind::Seq { items, .. } = &decision.node.kind {
-                for item in items {
+                for item in items.iter() {
                     if entry_module_name(&item.to_value())
                         .is_some_and(|n| editor::canonical_module_name(n) == wanted)
                     {
@@ -154,15 +156,48 @@ impl ConfigSet {
 }
 
 fn merge_keeping_existing(old: &mut Value, new: &Value) {
-    let (Value::Map(old_entries), Value::Map(new_entries)) = (old, new) else {
+    merge_keeping_existing_shared(old, new, &mut MergeMemo::new());
+}
+
+/// Merges already done, by the addresses of the (old, new) mappings, with
+/// `(old, new, result)`. Values built through aliases are DAGs; merging the
+/// same pair of shared mappings again gives the same result, so it is looked
+/// up instead of walking an exponential tree. The entries hold the `Rc`s, so
+/// no address is reused while the memo lives.
+type MergeMemo = HashMap<(usize, usize), (Value, Value, Value)>;
+
+fn merge_keeping_existing_shared(old: &mut Value, new: &Value, memo: &mut MergeMemo) {
+    let (Value::Map(old_entries), Value::Map(new_entries)) = (&*old, new) else {
         return;
     };
-    for (key, value) in new_entries {
-        match old_entries.iter_mut().find(|(k, _)| k == key) {
-            None => old_entries.push((key.clone(), value.clone())),
-            Some((_, existing)) => merge_keeping_existing(existing, value),
+    // Nothing to keep: the result is `new` itself, shared.
+    if old_entries.is_empty() || Rc::ptr_eq(old_entries, new_entries) {
+        if old_entries.is_empty() {
+            *old = new.clone();
+        }
+        return;
+    }
+    let pair = (
+        Rc::as_ptr(old_entries) as *const u8 as usize,
+        Rc::as_ptr(new_entries) as *const u8 as usize,
+    );
+    if let Some((_, _, done)) = memo.get(&pair) {
+        *old = done.clone();
+        return;
+    }
+    let before = old.clone();
+    let Value::Map(old_entries) = old else {
+        return;
+    };
+    let old_entries = Rc::make_mut(old_entries);
+    let mut index = KeyIndex::of(old_entries);
+    for (key, value) in new_entries.iter() {
+        match index.find(old_entries, key) {
+            None => index.insert(old_entries, key.clone(), value.clone()),
+            Some(i) => merge_keeping_existing_shared(&mut old_entries[i].1, value, memo),
         }
     }
+    memo.insert(pair, (before, new.clone(), old.clone()));
 }
 
 /// Reads cloud.cfg and its drop-ins from the root, as cloud-init would find
@@ -220,13 +255,15 @@ pub fn load(root: &Root) -> Result<ConfigSet> {
 
 fn parse_named(root: &Root, path: &Path, text: &str) -> Result<Document> {
     document::parse(text).map_err(|e| {
-        let hint =
-            if e.line.is_some() && !e.message.contains("Jinja") && !e.message.contains("top level")
-            {
-                " (cloud-init would ignore this whole file: fix the YAML, then run again)"
-            } else {
-                ""
-            };
+        let hint = if e.line.is_some()
+            && !e.message.contains("Jinja")
+            && !e.message.contains("top level")
+            && !e.exceeds_a_bound()
+        {
+            " (cloud-init would ignore this whole file: fix the YAML, then run again)"
+        } else {
+            ""
+        };
         anyhow!("{}: {e}{hint}", root.path().join(path).display())
     })
 }
@@ -413,7 +450,7 @@ mod tests {
         assert_eq!(e.get("a"), Some(&Value::Int(2)));
         assert_eq!(e.get("m").unwrap().get("x"), Some(&Value::Int(1)));
         assert_eq!(e.get("m").unwrap().get("y"), Some(&Value::Int(2)));
-        assert_eq!(e.get("l"), Some(&Value::Seq(vec![Value::Int(3)])));
+        assert_eq!(e.get("l"), Some(&Value::seq(vec![Value::Int(3)])));
         assert_eq!(e.get("n"), Some(&Value::Int(5)));
         let d = s.decider(&["m", "y"]).unwrap();
         assert_eq!((d.file, d.line, d.complete), (1, 2, true));

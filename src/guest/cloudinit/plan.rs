@@ -294,7 +294,7 @@ fn duplicate_key_warnings(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Warning> {
             continue;
         };
         let mut seen: Vec<&str> = Vec::new();
-        for (key, _) in entries {
+        for (key, _) in entries.iter() {
             let Some(name) = key.key_str() else { continue };
             if seen.contains(&name) {
                 continue;

@@ -54,7 +54,13 @@ pub enum ErrorKind {
     /// PyYAML reads it, but into something prepare-image cannot hold (a
     /// recursive structure, a lone surrogate).
     Unsupported,
+    /// Beyond what we read (nesting, merge work): PyYAML may read it, or
+    /// run out of stack or time on it.
+    Bound,
 }
+
+/// Said by refusals from our bounds, as the document loader says it.
+pub const BEYOND_A_BOUND: &str = "beyond what prepare-image reads";
 
 /// Why PyYAML refuses a text. `line` and `column` are 1-based and point at
 /// PyYAML's problem mark; `message` is PyYAML's own text (with the context

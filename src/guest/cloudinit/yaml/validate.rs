@@ -44,7 +44,13 @@ impl Node {
 
 /// Upper bound on mapping entries copied by merge keys; PyYAML copies
 /// them too, so a file above it is one cloud-init would take ages on.
-const MERGE_WORK_LIMIT: usize = 1_000_000;
+const MERGE_WORK_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Deepest nesting of lists and mappings in the text that we look at here
+/// (the document loader has a lower bound, with aliases followed, and says
+/// so first for any real file); it keeps `flatten_mapping`'s recursion far
+/// from the end of the stack. PyYAML itself fails near 450 levels.
+const MAX_TEXT_NESTING: usize = 1024;
 
 /// Reads `text` as `yaml.load(text, Loader=SafeLoader)` does and says
 /// whether (and how) that raises.
@@ -126,6 +132,17 @@ impl Graph {
                             entries: Vec::new(),
                         }
                     };
+                    if stack.len() >= MAX_TEXT_NESTING {
+                        return Err(error(
+                            ErrorKind::Bound,
+                            None,
+                            format!(
+                                "lists and mappings nested more than {MAX_TEXT_NESTING} levels deep, {}",
+                                super::BEYOND_A_BOUND
+                            ),
+                            event.start,
+                        ));
+                    }
                     let id = self.add(kind, event.start);
                     if let Some(a) = anchor {
                         anchors.insert(a, id);
@@ -434,6 +451,7 @@ impl Constructor {
             match &self.node(value).kind {
                 Kind::Map { .. } => {
                     self.flatten(value)?;
+                    self.spend_merge_work(self.entries_ref(value).len(), mark)?;
                     merge.extend(self.entries(value));
                 }
                 Kind::Seq { items, .. } => {
@@ -450,6 +468,7 @@ impl Constructor {
                             ));
                         }
                         self.flatten(sub)?;
+                        self.spend_merge_work(self.entries_ref(sub).len(), mark)?;
                         submerge.push(self.entries(sub));
                     }
                     for entries in submerge.into_iter().rev() {
@@ -464,17 +483,6 @@ impl Constructor {
                         self.node(value).mark,
                     ));
                 }
-            }
-            self.merge_work += merge.len();
-            if self.merge_work > MERGE_WORK_LIMIT {
-                return Err(error(
-                    ErrorKind::Unsupported,
-                    None,
-                    format!(
-                        "merge keys copy more than {MERGE_WORK_LIMIT} entries; prepare-image refuses such a file"
-                    ),
-                    mark,
-                ));
             }
         }
         if !merge.is_empty()
@@ -505,6 +513,23 @@ impl Constructor {
         None
     }
 
+    /// Counts entries copied by merge keys, before copying them.
+    fn spend_merge_work(&mut self, entries: usize, mark: Mark) -> Result<(), YamlError> {
+        self.merge_work += entries;
+        if self.merge_work > MERGE_WORK_LIMIT {
+            return Err(error(
+                ErrorKind::Bound,
+                None,
+                format!(
+                    "merge keys copy more than {MERGE_WORK_LIMIT} entries, {}: write the values out, or use fewer merge keys",
+                    super::BEYOND_A_BOUND
+                ),
+                mark,
+            ));
+        }
+        Ok(())
+    }
+
     fn entries(&self, id: Id) -> Vec<(Id, Id)> {
         self.entries_ref(id).to_vec()
     }
@@ -531,12 +556,14 @@ impl Constructor {
         color[root] = Color::Grey;
         while let Some(top) = stack.last_mut() {
             let id = top.0;
-            let children: Vec<Id> = match &self.graph.nodes[id].kind {
-                Kind::Scalar { .. } => Vec::new(),
-                Kind::Seq { items, .. } => items.clone(),
-                Kind::Map { entries, .. } => entries.iter().flat_map(|&(k, v)| [k, v]).collect(),
+            let child = match &self.graph.nodes[id].kind {
+                Kind::Scalar { .. } => None,
+                Kind::Seq { items, .. } => items.get(top.1).copied(),
+                Kind::Map { entries, .. } => entries
+                    .get(top.1 / 2)
+                    .map(|&(k, v)| if top.1 % 2 == 0 { k } else { v }),
             };
-            let Some(&child) = children.get(top.1) else {
+            let Some(child) = child else {
                 color[id] = Color::Black;
                 stack.pop();
                 continue;
