@@ -46,11 +46,10 @@ impl Node {
 /// them too, so a file above it is one cloud-init would take ages on.
 const MERGE_WORK_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Deepest nesting of lists and mappings in the text that we look at here
-/// (the document loader has a lower bound, with aliases followed, and says
-/// so first for any real file); it keeps `flatten_mapping`'s recursion far
-/// from the end of the stack. PyYAML itself fails near 450 levels.
-const MAX_TEXT_NESTING: usize = 1024;
+/// Deepest nesting of lists and mappings in the text: the document loader's
+/// bound (which it also applies with aliases followed); it keeps
+/// `flatten_mapping`'s recursion far from the end of the stack.
+const MAX_TEXT_NESTING: usize = crate::guest::cloudinit::document::MAX_NESTING;
 
 /// Reads `text` as `yaml.load(text, Loader=SafeLoader)` does and says
 /// whether (and how) that raises.
@@ -137,7 +136,8 @@ impl Graph {
                             ErrorKind::Bound,
                             None,
                             format!(
-                                "lists and mappings nested more than {MAX_TEXT_NESTING} levels deep, {}",
+                                "lists and mappings nested more than {MAX_TEXT_NESTING} levels deep, {} \
+                                 (a real cloud.cfg nests fewer than ten; PyYAML itself gives up near 450)",
                                 super::BEYOND_A_BOUND
                             ),
                             event.start,
@@ -438,7 +438,11 @@ impl Constructor {
     /// mapping that merges itself finite.
     fn flatten(&mut self, id: Id) -> Result<(), YamlError> {
         let mark = self.node(id).mark;
-        let mut merge: Vec<(Id, Id)> = Vec::new();
+        // PyYAML copies merged entries, the same pair as often as it is
+        // merged; the verdict depends only on which pairs there are, in the
+        // order they first come, so each is kept once (a chain of mappings
+        // that each merge the previous one ten times stays linear).
+        let mut merge = UniquePairs::default();
         let mut index = 0;
         while let Some((key, value)) = self.entries_ref(id).get(index).copied() {
             if self.node(key).tag() != resolve::MERGE {
@@ -451,8 +455,8 @@ impl Constructor {
             match &self.node(value).kind {
                 Kind::Map { .. } => {
                     self.flatten(value)?;
-                    self.spend_merge_work(self.entries_ref(value).len(), mark)?;
-                    merge.extend(self.entries(value));
+                    let added = merge.extend(self.entries_ref(value));
+                    self.spend_merge_work(added, mark)?;
                 }
                 Kind::Seq { items, .. } => {
                     let mut submerge = Vec::new();
@@ -468,11 +472,11 @@ impl Constructor {
                             ));
                         }
                         self.flatten(sub)?;
-                        self.spend_merge_work(self.entries_ref(sub).len(), mark)?;
-                        submerge.push(self.entries(sub));
+                        submerge.push(sub);
                     }
-                    for entries in submerge.into_iter().rev() {
-                        merge.extend(entries);
+                    for sub in submerge.into_iter().rev() {
+                        let added = merge.extend(self.entries_ref(sub));
+                        self.spend_merge_work(added, mark)?;
                     }
                 }
                 Kind::Scalar { .. } => {
@@ -485,11 +489,11 @@ impl Constructor {
                 }
             }
         }
-        if !merge.is_empty()
-            && let Kind::Map { entries, .. } = &mut self.graph.nodes[id].kind
-        {
-            merge.append(entries);
-            *entries = merge;
+        if !merge.pairs.is_empty() {
+            merge.extend(self.entries_ref(id));
+            if let Kind::Map { entries, .. } = &mut self.graph.nodes[id].kind {
+                *entries = merge.pairs;
+            }
         }
         Ok(())
     }
@@ -528,10 +532,6 @@ impl Constructor {
             ));
         }
         Ok(())
-    }
-
-    fn entries(&self, id: Id) -> Vec<(Id, Id)> {
-        self.entries_ref(id).to_vec()
     }
 
     fn entries_ref(&self, id: Id) -> &[(Id, Id)] {
@@ -587,6 +587,27 @@ impl Constructor {
                 Color::Black => {}
             }
         }
+    }
+}
+
+/// Mapping entries, each (key node, value node) pair once, in first-seen
+/// order.
+#[derive(Default)]
+struct UniquePairs {
+    pairs: Vec<(Id, Id)>,
+    seen: std::collections::HashSet<(Id, Id)>,
+}
+
+impl UniquePairs {
+    /// Adds the pairs not seen yet; returns how many were added.
+    fn extend(&mut self, entries: &[(Id, Id)]) -> usize {
+        let before = self.pairs.len();
+        for &pair in entries {
+            if self.seen.insert(pair) {
+                self.pairs.push(pair);
+            }
+        }
+        self.pairs.len() - before
     }
 }
 
