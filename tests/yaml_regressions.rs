@@ -149,6 +149,21 @@ fn pyyaml_readings_are_ours() {
         ),
         ("a: !!python/unicode x\n", map(&[("a", s("x"))])),
         ("a: ! 'yes'\n", map(&[("a", Value::Bool(true))])),
+        // Two `<<` keys: the later one's value wins; in one list, the first.
+        ("<<: {u: []}\n<<: {u: 1}\n", map(&[("u", Value::Int(1))])),
+        (
+            "a: &a {u: 1}\nb: &b {u: 2}\nc:\n  <<: [*a, *b]\n",
+            map(&[
+                ("a", map(&[("u", Value::Int(1))])),
+                ("b", map(&[("u", Value::Int(2))])),
+                ("c", map(&[("u", Value::Int(1))])),
+            ]),
+        ),
+        // A mapping merged into itself adds nothing.
+        (
+            "b: &b\n  x: 1\n  <<: [*b]\n",
+            map(&[("b", map(&[("x", Value::Int(1))]))]),
+        ),
     ] {
         let doc = document::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
         assert_eq!(doc.to_value(), meaning, "{text:?}");

@@ -75,6 +75,10 @@ def tag(value, active):
     raise Unsupported(type(value).__name__)
 
 
+SCALAR_TAGS = {
+    "tag:yaml.org,2002:" + t
+    for t in ("null", "bool", "int", "float", "str", "python/unicode", "timestamp")
+}
 UNSUPPORTED_TAGS = {
     "tag:yaml.org,2002:" + t for t in ("set", "binary", "omap", "pairs")
 }
@@ -90,6 +94,8 @@ def unsupported_node(loader, node, active, seen):
     seen.add(id(node))
     if node.tag in UNSUPPORTED_TAGS:
         return node.tag
+    if isinstance(node, yaml.MappingNode) and node.tag in SCALAR_TAGS:
+        return "a mapping read as a scalar"
     if isinstance(node, yaml.ScalarNode):
         if any(0xD800 <= ord(c) < 0xE000 for c in node.value):
             return "surrogate"

@@ -184,14 +184,6 @@ impl KeyIndex {
         }
     }
 
-    /// Adds `key` only when it is not there yet (merge keys: the first
-    /// source that has a key gives its value).
-    fn insert_if_absent(&mut self, entries: &mut Vec<(Value, Value)>, key: Value, value: Value) {
-        if self.find(entries, &key).is_none() {
-            self.push_new(entries, key, value);
-        }
-    }
-
     fn push_new(&mut self, entries: &mut Vec<(Value, Value)>, key: Value, value: Value) {
         self.positions
             .entry(key_hash(&key))
@@ -511,38 +503,40 @@ impl Node {
 }
 
 /// The meaning of a mapping's entries, as PyYAML's `flatten_mapping` and
-/// `construct_mapping` build it: merged keys (`<<: *x` or `<<: [*x, *y]`)
-/// come first, the first source that has a key gives it; explicit keys win
-/// over merged ones; a duplicated key keeps its first position and its last
-/// value. Every key costs one unit of `work`.
+/// `construct_mapping` build it: the entries merged by `<<` keys come first,
+/// in the order of the `<<` keys (a list `<<: [*x, *y]` contributes its
+/// mappings last to first), then the explicit entries; the dict is filled in
+/// that order, a later entry replacing an earlier one's value and keeping
+/// its position. So within one list the first mapping that has a key gives
+/// it, a later `<<` key wins over an earlier one, and explicit keys win over
+/// merged ones. Every key costs one unit of `work`.
 fn mapping_value(entries: &[(Node, Node)], work: &mut Work) -> Result<Value, String> {
-    let mut merged: Vec<(Value, Value)> = Vec::new();
-    let mut merged_index = KeyIndex::default();
-    let mut explicit: Vec<(Value, Value)> = Vec::new();
-    let mut explicit_index = KeyIndex::default();
+    let mut merged: Vec<&Value> = Vec::new();
     for (k, v) in entries {
         if k.is_merge_key() {
-            let sources = match &v.value {
-                Value::Seq(items) => items.iter().collect(),
-                other => vec![other],
-            };
-            for source in sources {
-                if let Value::Map(m) = source {
-                    work.spend(m.len())?;
-                    for (mk, mv) in m.iter() {
-                        merged_index.insert_if_absent(&mut merged, mk.clone(), mv.clone());
-                    }
-                }
+            match &v.value {
+                Value::Seq(items) => merged.extend(items.iter().rev()),
+                other => merged.push(other),
             }
-        } else {
-            work.spend(1)?;
-            explicit_index.insert(&mut explicit, k.value.clone(), v.value.clone());
         }
     }
-    for (k, v) in explicit {
-        merged_index.insert(&mut merged, k, v);
+    let mut map: Vec<(Value, Value)> = Vec::new();
+    let mut index = KeyIndex::default();
+    for source in merged {
+        if let Value::Map(m) = source {
+            work.spend(m.len())?;
+            for (mk, mv) in m.iter() {
+                index.insert(&mut map, mk.clone(), mv.clone());
+            }
+        }
     }
-    Ok(Value::map(merged))
+    for (k, v) in entries {
+        if !k.is_merge_key() {
+            work.spend(1)?;
+            index.insert(&mut map, k.value.clone(), v.value.clone());
+        }
+    }
+    Ok(Value::map(map))
 }
 
 /// A budget on the work aliases and merge keys can cause: copying merged

@@ -272,12 +272,24 @@ impl Constructor {
                 // SafeConstructor.construct_scalar reads a mapping with a
                 // `=` key as that key's value: PyYAML may accept it, but we
                 // do not hold such a thing.
-                let Some(value) = self.scalar_through_value_key(id) else {
-                    return Err(refused(
-                        None,
-                        "expected a scalar node, but found mapping".to_string(),
-                        mark,
-                    ));
+                let value = match self.scalar_through_value_key(id) {
+                    ValueKey::Scalar(value) => value,
+                    ValueKey::Missing => {
+                        return Err(refused(
+                            None,
+                            "expected a scalar node, but found mapping".to_string(),
+                            mark,
+                        ));
+                    }
+                    ValueKey::Cycle => {
+                        return Err(error(
+                            ErrorKind::Crashes,
+                            None,
+                            "`=` keys lead back to their own mapping (PyYAML raises RecursionError)"
+                                .to_string(),
+                            mark,
+                        ));
+                    }
                 };
                 if tag == resolve::TIMESTAMP {
                     // construct_yaml_timestamp matches its regex against
@@ -369,9 +381,7 @@ impl Constructor {
                     unreachable!("a mapping stays one")
                 };
                 for (key, value) in entries.clone() {
-                    // flatten_mapping retags a `=` key as a string.
-                    let value_key = self.node(key).tag() == resolve::VALUE;
-                    if !value_key && self.construct_object(key)? == Hashable::No {
+                    if self.construct_object(key)? == Hashable::No {
                         return Err(refused(
                             Some(("while constructing a mapping", mark)),
                             "found unhashable key".to_string(),
@@ -446,6 +456,13 @@ impl Constructor {
         let mut index = 0;
         while let Some((key, value)) = self.entries_ref(id).get(index).copied() {
             if self.node(key).tag() != resolve::MERGE {
+                // A `=` key of a mapping read as one is a string from now
+                // on, also where its node is reached again.
+                if let Kind::Scalar { tag, .. } = &mut self.graph.nodes[key].kind
+                    && tag == resolve::VALUE
+                {
+                    *tag = resolve::STR.to_string();
+                }
                 index += 1;
                 continue;
             }
@@ -500,21 +517,23 @@ impl Constructor {
 
     /// `SafeConstructor.construct_scalar` on a mapping: the value under its
     /// first `=` key, followed down while it is a mapping.
-    fn scalar_through_value_key(&self, mut id: Id) -> Option<String> {
-        // A cycle of `=` keys makes PyYAML recurse until it fails.
+    fn scalar_through_value_key(&self, mut id: Id) -> ValueKey {
         for _ in 0..=self.graph.nodes.len() {
             match &self.node(id).kind {
-                Kind::Scalar { value, .. } => return Some(value.clone()),
+                Kind::Scalar { value, .. } => return ValueKey::Scalar(value.clone()),
                 Kind::Map { entries, .. } => {
-                    id = entries
+                    match entries
                         .iter()
-                        .find(|&&(k, _)| self.node(k).tag() == resolve::VALUE)?
-                        .1;
+                        .find(|&&(k, _)| self.node(k).tag() == resolve::VALUE)
+                    {
+                        Some(&(_, v)) => id = v,
+                        None => return ValueKey::Missing,
+                    }
                 }
-                Kind::Seq { .. } => return None,
+                Kind::Seq { .. } => return ValueKey::Missing,
             }
         }
-        None
+        ValueKey::Cycle
     }
 
     /// Counts entries copied by merge keys, before copying them.
@@ -588,6 +607,15 @@ impl Constructor {
             }
         }
     }
+}
+
+/// Where `=` keys lead from a mapping read as a scalar.
+enum ValueKey {
+    Scalar(String),
+    /// A mapping without a `=` key, or a list.
+    Missing,
+    /// Back to a mapping already passed: PyYAML recurses until it fails.
+    Cycle,
 }
 
 /// Mapping entries, each (key node, value node) pair once, in first-seen
