@@ -449,7 +449,7 @@ fn python_int(text: &str, base: u32) -> Result<Option<i128>, String> {
         _ => None,
     };
     let t = match prefix {
-        Some(p) if t.len() > 2 && t[..2].eq_ignore_ascii_case(p) => &t[2..],
+        Some(p) if t.len() > 2 && t.get(..2).is_some_and(|h| h.eq_ignore_ascii_case(p)) => &t[2..],
         _ => t,
     };
     if t.is_empty() || !t.chars().all(|c| c.is_digit(base)) {
@@ -694,6 +694,11 @@ mod tests {
         assert_eq!(construct_scalar(INT, "0o17").unwrap(), Value::Int(15));
         assert_eq!(construct_scalar(INT, "1:30").unwrap(), Value::Int(90));
         assert_eq!(construct_scalar(INT, "").unwrap_err().0, ErrorKind::Crashes);
+        // Found by the fuzz test: a multi-byte character right after "0".
+        assert_eq!(
+            construct_scalar(INT, "0\u{feff}x").unwrap_err().0,
+            ErrorKind::Refused
+        );
         assert_eq!(construct_scalar(FLOAT, "1").unwrap(), Value::Float(1.0));
         assert_eq!(
             construct_scalar(FLOAT, "1:30.5").unwrap(),

@@ -64,9 +64,29 @@ pub fn check(text: &str) -> Result<(), YamlError> {
         merge_work: 0,
         unsupported: None,
     };
-    if let Some(root) = root {
-        constructor.construct_document(root)?;
-        constructor.check_acyclic(root);
+    let Some(root) = root else {
+        return parser.take_unsupported().map_or(Ok(()), Err);
+    };
+    constructor.construct_document(root)?;
+    constructor.check_acyclic(root);
+    // cloud-init refuses anything but a dict at the top (TypeError), which
+    // comes before anything we would not hold inside it. A list or scalar
+    // is refused by the caller, which sees it too; a tagged mapping (a set,
+    // pairs) only we see.
+    let node = constructor.node(root);
+    match &node.kind {
+        Kind::Map { .. } if node.tag() == resolve::MAP => {}
+        Kind::Map { .. } => {
+            return Err(refused(
+                None,
+                format!(
+                    "the top level is a {}, not a mapping of settings (cloud-init would ignore this file)",
+                    node.tag()
+                ),
+                node.mark,
+            ));
+        }
+        _ => return Ok(()),
     }
     if let Some(e) = parser.take_unsupported().or(constructor.unsupported) {
         return Err(e);
