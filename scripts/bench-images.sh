@@ -22,6 +22,15 @@
 # same layout (the partition and its ext4 fill the disk; mkfs with lazy
 # inode-table and journal init, so only a few MiB are written).
 #
+# On the raw images it also times the read-only `doctor` and `clean` (the
+# tree holds a previous instance's /var/lib/cloud) against their floors:
+#
+#   doctor           prepare-image doctor IMG (exit 0 or 4)
+#   bare-ro          losetup -r, mount -o ro,noload, cat etc/os-release,
+#                    umount, losetup -d
+#   clean            prepare-image clean IMG
+#   bare-clean       losetup, mount, rm -rf var/lib/cloud, umount, losetup -d
+#
 # The runs alternate (round-robin over every image and method in one loop),
 # so machine noise hits all methods alike. Before every run the image is
 # reset from a pristine copy (`cp --sparse=always`, then fsync of the copy;
@@ -49,6 +58,7 @@
 #   BENCH_BIG=0                skip the 50 GiB image
 #   BENCH_BIG_VIRT_CUSTOMIZE=1 also run virt-customize on the 50 GiB image
 #   BENCH_WARMUP=0             no untimed warm-up runs
+#   BENCH_DOCTOR=0             skip doctor, clean and their floors
 #   BENCH_VC_NETWORK=1         let virt-customize start its network (default
 #                              --no-network: the edit needs none)
 #   BENCH_TMPDIR               where the work dir goes (default /var/tmp)
@@ -97,6 +107,7 @@ DO_QCOW2=${BENCH_QCOW2:-1}
 DO_BIG=${BENCH_BIG:-1}
 DO_BIG_VC=${BENCH_BIG_VIRT_CUSTOMIZE:-0}
 DO_WARMUP=${BENCH_WARMUP:-1}
+DO_DOCTOR=${BENCH_DOCTOR:-1}
 VC_NETWORK=${BENCH_VC_NETWORK:-0}
 TMP_PARENT=${BENCH_TMPDIR:-/var/tmp}
 KERNEL_DIR=${BENCH_KERNEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/prepare-image-bench/kernel}
@@ -348,6 +359,11 @@ printf 'NAME="CentOS Linux"\nVERSION="8"\nID="centos"\nID_LIKE="rhel fedora"\nVE
 printf 'CentOS Linux release 8.5.2111\n' >"$tree/etc/redhat-release"
 printf 'LABEL=root / ext4 defaults 0 1\n' >"$tree/etc/fstab"
 printf '127.0.0.1 localhost\n' >"$tree/etc/hosts"
+# A previous instance's state, for clean (doctor reports it: exit 4).
+mkdir -p "$tree/var/lib/cloud/data" "$tree/var/lib/cloud/instances/i-bench/sem"
+printf 'i-bench\n' >"$tree/var/lib/cloud/data/instance-id"
+: >"$tree/var/lib/cloud/instances/i-bench/sem/config_ssh"
+ln -s /var/lib/cloud/instances/i-bench "$tree/var/lib/cloud/instance"
 
 # The expected result: prepare-image's own edit of the tree (a directory
 # target), which the perl expression must reproduce byte for byte.
@@ -442,6 +458,27 @@ bare_qcow2() { # FILE OFFSET SIZE
     return 0
 }
 
+# The read-only floor of doctor: attach and mount read-only (no journal
+# replay, as prepare-image), read one file, release.
+bare_ro() { # FILE OFFSET SIZE
+    local dev
+    dev=$(losetup -r -f --show -o "$2" --sizelimit "$3" -- "$1") || return 1
+    mount -t ext4 -o ro,noload,nosuid,nodev,noexec -- "$dev" "$work/mnt" || return 1
+    cat -- "$work/mnt/etc/os-release" >/dev/null || return 1
+    umount -- "$work/mnt" || return 1
+    losetup -d "$dev" || return 1
+}
+
+# The floor of clean: attach, mount, rm -rf var/lib/cloud, release.
+bare_clean() { # FILE OFFSET SIZE
+    local dev
+    dev=$(losetup -f --show -o "$2" --sizelimit "$3" -- "$1") || return 1
+    mount -t ext4 -o nosuid,nodev,noexec -- "$dev" "$work/mnt" || return 1
+    rm -rf --one-file-system -- "$work/mnt/var/lib/cloud" || return 1
+    umount -- "$work/mnt" || return 1
+    losetup -d "$dev" || return 1
+}
+
 vc_args=()
 [[ $VC_NETWORK == 1 ]] || vc_args+=(--no-network)
 
@@ -455,6 +492,20 @@ run_method() {
         virt-customize)
             virt-customize "--format=$format" -a "$file" "${vc_args[@]}" \
                 --edit "/etc/cloud/cloud.cfg:$VC_EXPR" >"$log" 2>&1
+            ;;
+        doctor)
+            local rc=0
+            "$PI" doctor "$file" >"$log" 2>&1 || rc=$?
+            ((rc == 0 || rc == 4))
+            ;;
+        bare-ro)
+            bare_ro "$file" "${part_offset[$file]}" "${part_size[$file]}" >"$log" 2>&1
+            ;;
+        clean)
+            "$PI" clean "$file" >"$log" 2>&1
+            ;;
+        bare-clean)
+            bare_clean "$file" "${part_offset[$file]}" "${part_size[$file]}" >"$log" 2>&1
             ;;
         bare)
             if [[ $format == raw ]]; then
@@ -471,8 +522,17 @@ read_cloud_cfg() { # RAWFILE OFFSET OUT
     debugfs -R 'cat /etc/cloud/cloud.cfg' "$1?offset=$2" >"$3" 2>/dev/null
 }
 
-verify() { # FORMAT FILE OFFSET
-    local format=$1 file=$2 offset=$3 raw=$2
+# What a method leaves: the edited cloud.cfg, the untouched one (doctor,
+# clean), and for clean no var/lib/cloud.
+verify() { # METHOD FORMAT FILE OFFSET
+    local method=$1 format=$2 file=$3 offset=$4 raw=$3 want=$expected
+    case $method in
+        doctor | bare-ro | clean | bare-clean) want=$tree/etc/cloud/cloud.cfg ;;
+    esac
+    if [[ $method == clean || $method == bare-clean ]] &&
+        debugfs -R 'stat /var/lib/cloud' "$file?offset=$offset" 2>/dev/null | grep -q '^Inode:'; then
+        return 1
+    fi
     if [[ $format != raw ]]; then
         raw=$work/verify.raw
         rm -f -- "$raw"
@@ -482,7 +542,7 @@ verify() { # FORMAT FILE OFFSET
     read_cloud_cfg "$raw" "$offset" "$work/got.cfg" ||
         die "could not read cloud.cfg back from $raw with debugfs"
     [[ $format == raw ]] || rm -f -- "$raw"
-    cmp -s -- "$work/got.cfg" "$expected"
+    cmp -s -- "$work/got.cfg" "$want"
 }
 
 # ------------------------------------------------------------------ jobs ---
@@ -493,6 +553,12 @@ add_job() { jobs+=("$1|$2|$3|$4|$5"); }
 add_job "2 GiB raw" prepare-image raw "$base_small" "$RUNS_PI"
 [[ $DO_VC == 1 ]] && add_job "2 GiB raw" virt-customize raw "$base_small" "$RUNS_VC"
 add_job "2 GiB raw" bare raw "$base_small" "$RUNS_BARE"
+if [[ $DO_DOCTOR == 1 ]]; then
+    add_job "2 GiB raw" doctor raw "$base_small" "$RUNS_PI"
+    add_job "2 GiB raw" bare-ro raw "$base_small" "$RUNS_BARE"
+    add_job "2 GiB raw" clean raw "$base_small" "$RUNS_PI"
+    add_job "2 GiB raw" bare-clean raw "$base_small" "$RUNS_BARE"
+fi
 if [[ $DO_QCOW2 == 1 ]]; then
     add_job "2 GiB qcow2" prepare-image qcow2 "$base_qcow2" "$RUNS_PI"
     [[ $DO_VC == 1 ]] && add_job "2 GiB qcow2" virt-customize qcow2 "$base_qcow2" "$RUNS_VC"
@@ -502,6 +568,10 @@ if [[ $DO_BIG == 1 ]]; then
     add_job "50 GiB raw" prepare-image raw "$base_big" "$RUNS_PI"
     [[ $DO_VC == 1 && $DO_BIG_VC == 1 ]] && add_job "50 GiB raw" virt-customize raw "$base_big" "$RUNS_VC"
     add_job "50 GiB raw" bare raw "$base_big" "$RUNS_BARE"
+    if [[ $DO_DOCTOR == 1 ]]; then
+        add_job "50 GiB raw" doctor raw "$base_big" "$RUNS_PI"
+        add_job "50 GiB raw" bare-ro raw "$base_big" "$RUNS_BARE"
+    fi
 fi
 mkdir -p "$qsd_dir"
 : >"$qsd_dir/raw"
@@ -526,7 +596,7 @@ one_run() {
         exit 1
     fi
     t1=$(now_us)
-    verify "$format" "$file" "${part_offset[$file]}" ||
+    verify "$method" "$format" "$file" "${part_offset[$file]}" ||
         die "$method on $label: cloud.cfg is not the expected result: $(diff -- "$expected" "$work/got.cfg")"
     if ((timed)); then
         printf '%s\n' "$((t1 - t0))" >>"$work/times/job$index"
@@ -604,4 +674,11 @@ for label in "2 GiB raw" "2 GiB qcow2" "50 GiB raw"; do
         line+=$(awk -v a="$pi" -v b="$bare" 'BEGIN { printf "  prepare-image/bare %.2f (%s)", a / b, (a / b <= 1.5) ? "within the 1.5x goal" : "ABOVE the 1.5x goal" }')
     fi
     printf '%s\n' "$line"
+    for pair in doctor/bare-ro clean/bare-clean; do
+        a=${median["$label|${pair%/*}"]:-}
+        b=${median["$label|${pair#*/}"]:-}
+        [[ -n $a && -n $b ]] || continue
+        awk -v a="$a" -v b="$b" -v label="$label" -v pair="$pair" \
+            'BEGIN { printf "%-12s  %s %.2f (%s)\n", label, pair, a / b, (a / b <= 1.5) ? "within the 1.5x goal" : "ABOVE the 1.5x goal" }'
+    done
 done

@@ -1,19 +1,22 @@
 //! Command-line interface: the flags, and the run that ties profiles, the
 //! effective configuration, the plan, the root and the report together.
 
+mod clean;
+mod doctor;
+
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
-use crate::guest::cloudinit::effective::{self, setting_state};
 use crate::access::image::interrupt;
+use crate::access::root::Root;
+use crate::access::target::Target;
+use crate::guest::cloudinit::effective::{self, setting_state};
 use crate::guest::cloudinit::plan::{self, Plan};
 use crate::guest::cloudinit::profile::{self, Profile};
 use crate::report::{self, Mode, Style, TargetDescription};
-use crate::access::root::Root;
-use crate::access::target::Target;
 
 /// Keep chosen settings of a cloud image through cloud-init's first boot.
 ///
@@ -28,7 +31,7 @@ use crate::access::target::Target;
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Exit codes: 0 done or nothing to do (--dry-run: always 0), 1 error, 2 usage error, 3 changes pending (--check), 128+N stopped by signal N."
+    after_help = "Exit codes: 0 done or nothing to do (--dry-run: always 0), 1 error, 2 usage error, 3 changes pending (--check), 4 doctor found errors, 128+N stopped by signal N."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -76,6 +79,12 @@ pub struct KeepArgs {
     /// outside itself is refused.
     #[arg(long)]
     pub allow_backing: bool,
+
+    /// In the same run (one attach and mount), also clean what the build
+    /// machine's boot left, as `prepare-image clean`: cloud-init's state and
+    /// logs; `--clean=machine-id,ssh-host-keys,network` adds those.
+    #[arg(long, value_name = "EXTRAS", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub clean: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +120,12 @@ pub enum Command {
         #[arg(long)]
         allow_backing: bool,
     },
+    /// Find, offline, everything that will break cloud-init at first boot
+    /// (or the cloud's import): exit 4 when an error is found.
+    Doctor(DoctorArgs),
+    /// Remove what the build machine's boot left: cloud-init's state and
+    /// logs; with flags, the machine id, SSH host keys, rendered network files.
+    Clean(CleanArgs),
     /// List the profiles: what each edits and what it breaks.
     Profiles,
     /// Print a shell completion script (e.g. `prepare-image completions bash >
@@ -121,6 +136,62 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `prepare-image man | man -l -`.
     Man,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The image's root directory (or / for the live system), or an image file.
+    #[arg(value_name = "TARGET", default_value = "/")]
+    pub target: PathBuf,
+
+    /// For an image file: the partition holding the root filesystem.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+
+    /// For a qcow2 or vmdk overlay: also read its backing files (regular
+    /// files only, never written).
+    #[arg(long)]
+    pub allow_backing: bool,
+
+    /// Also list the checks that passed.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Repair what doctor can (the shebangs of cloud-init's commands), then check again.
+    #[arg(long)]
+    pub fix: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// The image's root directory (or / for the live system), or an image file.
+    #[arg(value_name = "TARGET", default_value = "/")]
+    pub target: PathBuf,
+
+    /// For an image file: the partition holding the root filesystem.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+
+    /// For a qcow2 or vmdk overlay: also read its backing files (regular
+    /// files only, never written).
+    #[arg(long)]
+    pub allow_backing: bool,
+
+    /// List every path and its size; remove nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Empty /etc/machine-id and remove a copied /var/lib/dbus/machine-id.
+    #[arg(long)]
+    pub machine_id: bool,
+
+    /// Remove the SSH host keys (refused unless something regenerates them at first boot).
+    #[arg(long)]
+    pub ssh_host_keys: bool,
+
+    /// Remove the network files cloud-init rendered for the build machine.
+    #[arg(long)]
+    pub network: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -143,6 +214,8 @@ pub enum Outcome {
     Success,
     /// `--check` found changes pending.
     Pending,
+    /// `doctor` found an error.
+    Findings,
 }
 
 /// A usage error found after parsing (an unknown profile name): exit 2.
@@ -192,25 +265,38 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             let result = (|| {
                 let set = effective::load(target.root())?;
                 let states: Vec<_> = catalogue.iter().map(|p| setting_state(&set, p)).collect();
-                report::status(out, &describe(&target), &states, cli.output.format)?;
+                let ignored: Vec<_> = set
+                    .files
+                    .iter()
+                    .filter_map(|f| f.ignored.as_ref().map(|i| (f.path.clone(), i.to_string())))
+                    .collect();
+                report::status(
+                    out,
+                    &describe(&target),
+                    &states,
+                    &ignored,
+                    cli.output.format,
+                )?;
                 Ok(Outcome::Success)
             })();
             finish(target, result)
         }
+        Some(Command::Doctor(args)) => doctor::run(args, cli.output.format, out, err),
+        Some(Command::Clean(args)) => clean::run(args, cli.output.format, out, err),
         None => keep(cli, &catalogue, out, err, style),
     }
 }
 
 /// Releases the target whatever happened; the run's own error wins over a
 /// release error, which is reported when the run itself succeeded.
-fn finish(target: Target, result: Result<Outcome>) -> Result<Outcome> {
+pub(crate) fn finish(target: Target, result: Result<Outcome>) -> Result<Outcome> {
     let closed = target.close();
     let outcome = result?;
     closed?;
     Ok(outcome)
 }
 
-fn describe(target: &Target) -> TargetDescription {
+pub(crate) fn describe(target: &Target) -> TargetDescription {
     TargetDescription {
         path: target.display_path(),
         image: target.image().cloned(),
@@ -235,6 +321,10 @@ fn keep(
     } else {
         Mode::Apply
     };
+    let cleaning = match &args.clean {
+        Some(extras) => Some(clean::options_from(extras, mode != Mode::Apply)?),
+        None => None,
+    };
     // An image is mounted read-write only when there is something to write:
     // even a read-write mount that writes nothing changes the image file (the
     // superblock's mount count, the journal). So an image is always planned
@@ -246,9 +336,13 @@ fn keep(
         args.partition,
         args.allow_backing,
     )?;
-    let (target, plan) = match plan_on(&first, &selected) {
+    let planned = plan_on(&first, &selected).and_then(|plan| {
+        let writes = plan.pending() || clean_pending(&first, &plan, cleaning)?;
+        Ok((plan, writes))
+    });
+    let (target, plan) = match planned {
         Err(e) => return finish(first, Err(e)),
-        Ok(plan) if mode == Mode::Apply && is_image && plan.pending() => {
+        Ok((_, true)) if mode == Mode::Apply && is_image => {
             // The same partition again, now writable; plan again on what is
             // really there (nothing may have changed, but we do not assume).
             let partition = first.image().map(|i| i.partition).or(args.partition);
@@ -259,19 +353,33 @@ fn keep(
                 Err(e) => return finish(target, Err(e)),
             }
         }
-        Ok(plan) => (first, plan),
+        Ok((plan, _)) => (first, plan),
     };
     let result = (|| {
         interrupt::check()?;
+        // A clean that will be refused is refused before the keep writes anything.
+        let mut cleaned = match cleaning {
+            Some(options) => Some(clean::after_keep(target.root(), &plan, options, true)?),
+            None => None,
+        };
         let backups = if mode == Mode::Apply && plan.pending() {
             write(target.root(), &plan, args.backup)?
         } else {
             Vec::new()
         };
+        if let Some(options) = cleaning.filter(|_| mode == Mode::Apply) {
+            cleaned = Some(clean::after_keep(target.root(), &plan, options, false)?);
+        }
         // From here on the files are written; a signal only shortens cleanup.
         let _ = interrupt::pause_point("written");
+        let mut keep_json = Vec::new();
+        let keep_out: &mut dyn Write = if cleaned.is_some() && cli.output.format == Format::Json {
+            &mut keep_json
+        } else {
+            out
+        };
         report::keep(
-            out,
+            keep_out,
             err,
             &describe(&target),
             &plan,
@@ -281,13 +389,28 @@ fn keep(
             cli.output.format,
             style,
         )?;
-        Ok(if mode == Mode::Check && plan.pending() {
+        if let Some(report) = &cleaned {
+            let root = describe(&target).path.display().to_string();
+            clean::report_after_keep(out, err, cli.output.format, &root, report, mode != Mode::Apply, &keep_json)?;
+        }
+        let clean_pending = cleaned.as_ref().is_some_and(|r| !r.is_empty());
+        Ok(if mode == Mode::Check && (plan.pending() || clean_pending) {
             Outcome::Pending
         } else {
             Outcome::Success
         })
     })();
     finish(target, result)
+}
+
+/// Whether a keep's `--clean` has anything to remove (a read-only look, so
+/// that an image is mounted read-write only when something will change).
+fn clean_pending(target: &Target, plan: &Plan, cleaning: Option<clean::Options>) -> Result<bool> {
+    let Some(options) = cleaning else {
+        return Ok(false);
+    };
+    let report = clean::after_keep(target.root(), plan, options, true)?;
+    Ok(!report.is_empty())
 }
 
 /// Reads the configuration in the target and plans the keep.

@@ -13,5 +13,6 @@
 
 pub mod access;
 pub mod cli;
+pub mod doctor;
 pub mod guest;
 pub mod report;

@@ -5,14 +5,15 @@ use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 
 use clap::Parser;
-use prepare_image::cli::{self, Cli, ColorWhen, Outcome, UsageError};
 use prepare_image::access::image::interrupt::Interrupted;
+use prepare_image::cli::{self, Cli, ColorWhen, Outcome, UsageError};
 use prepare_image::report::Style;
 
 /// Documented exit codes (README, "Exit codes").
 const EXIT_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_PENDING: u8 = 3;
+const EXIT_FINDINGS: u8 = 4;
 /// Stopped by signal N: 128 + N, as shells report it.
 const EXIT_SIGNAL_BASE: u8 = 128;
 
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
     match cli::run(&cli, &mut out, &mut err, style) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Pending) => ExitCode::from(EXIT_PENDING),
+        Ok(Outcome::Findings) => ExitCode::from(EXIT_FINDINGS),
         // A closed pipe (`prepare-image ... | head`) is the reader's choice, not an error.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {

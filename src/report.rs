@@ -13,9 +13,9 @@ use anyhow::Result;
 use serde_json::json;
 use similar::TextDiff;
 
+use crate::access::image::open::ImageInfo;
 use crate::cli::Format;
 use crate::guest::cloudinit::effective::SettingState;
-use crate::access::image::open::ImageInfo;
 use crate::guest::cloudinit::plan::Plan;
 use crate::guest::cloudinit::profile::{Condition, Profile};
 
@@ -83,7 +83,7 @@ impl TargetDescription {
         }
     }
 
-    fn image_json(&self) -> serde_json::Value {
+    pub(crate) fn image_json(&self) -> serde_json::Value {
         match &self.image {
             None => serde_json::Value::Null,
             Some(i) => json!({
@@ -183,7 +183,8 @@ pub fn keep(
     style: Style,
 ) -> Result<()> {
     let names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
-    let changed: Vec<&crate::guest::cloudinit::plan::FilePlan> = plan.files.iter().filter(|f| f.changed()).collect();
+    let changed: Vec<&crate::guest::cloudinit::plan::FilePlan> =
+        plan.files.iter().filter(|f| f.changed()).collect();
     let change_count: usize = changed.iter().map(|f| f.changes.len()).sum();
     let root_display = target.path.display();
     let print_warnings = |err: &mut dyn Write| -> Result<()> {
@@ -317,10 +318,12 @@ pub fn keep(
     Ok(())
 }
 
+/// `ignored`: (root-relative file, why cloud-init reads it as empty).
 pub fn status(
     out: &mut dyn Write,
     target: &TargetDescription,
     states: &[SettingState],
+    ignored: &[(PathBuf, String)],
     format: Format,
 ) -> Result<()> {
     if format == Format::Json {
@@ -333,12 +336,19 @@ pub fn status(
                 v["setting"] = json!(s.setting);
                 v
             }).collect::<Vec<_>>(),
+            "ignored_files": ignored.iter().map(|(file, why)| json!({
+                "file": file.display().to_string(),
+                "reason": why,
+            })).collect::<Vec<_>>(),
         });
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
         return Ok(());
     }
     writeln!(out, "{}", target.headline().replacen(' ', ": ", 1))?;
+    for (file, why) in ignored {
+        writeln!(out, "{}: {why}", file.display())?;
+    }
     let width = states.iter().map(|s| s.setting.len()).max().unwrap_or(0);
     for s in states {
         let decisive: Vec<String> = s
@@ -411,7 +421,9 @@ pub fn profiles(out: &mut dyn Write, catalogue: &[Profile], format: Format) -> R
 }
 
 /// A file's changes in line order (the plan lists them in profile order).
-fn sorted_changes(file: &crate::guest::cloudinit::plan::FilePlan) -> Vec<&crate::guest::cloudinit::plan::PlannedChange> {
+fn sorted_changes(
+    file: &crate::guest::cloudinit::plan::FilePlan,
+) -> Vec<&crate::guest::cloudinit::plan::PlannedChange> {
     let mut changes: Vec<_> = file.changes.iter().collect();
     changes.sort_by_key(|c| c.line);
     changes

@@ -1049,7 +1049,10 @@ fn status_json_has_the_documented_keys() {
     out.code(0);
     assert_eq!(out.stderr, "");
     let doc = out.json();
-    assert_keys(&doc, &["version", "root", "image", "settings"]);
+    assert_keys(
+        &doc,
+        &["version", "root", "image", "settings", "ignored_files"],
+    );
     assert_eq!(doc["image"], serde_json::Value::Null);
     assert_eq!(doc["version"], 1);
     assert_eq!(doc["root"], img.root().display().to_string().as_str());
@@ -1465,18 +1468,48 @@ fn error_jinja_template() {
     );
 }
 
-#[test]
-fn error_invalid_yaml_names_line_and_column() {
-    let img = Image::with_cfg(b"cloud_init_modules:\n - migrator\n  bad: x\n - bootcmd\n");
-    let file = cfg_path(&img);
-    assert_fails_cleanly(&img, &[&format!("{file}: line 3 column 6:")]);
+/// cloud-init reads a file PyYAML rejects (or whose top level is not a
+/// mapping) as empty: `status` says so with PyYAML's line and column, a keep
+/// never edits it, and a keep that would need it fails naming it.
+fn assert_ignored_cloud_cfg(img: &Image, needles: &[&str]) {
+    let before = img.snapshot();
+    let out = run_with(cmd().arg("status").arg(img.root()));
+    out.code(0);
+    assert!(
+        out.stdout
+            .contains("etc/cloud/cloud.cfg: cloud-init ignores this file ("),
+        "{}",
+        out.stdout
+    );
+    let json = run_with(cmd().args(["status", "--format", "json"]).arg(img.root()));
+    json.code(0);
+    let ignored = &json.json()["ignored_files"];
+    assert_eq!(ignored[0]["file"], "etc/cloud/cloud.cfg", "{ignored}");
+    for needle in needles {
+        assert!(out.stdout.contains(needle), "{needle}: {}", out.stdout);
+        assert!(
+            ignored[0]["reason"].as_str().unwrap().contains(needle),
+            "{needle}: {ignored}"
+        );
+    }
+    for args in [&["--keep", "hostname"][..], &["--keep", "all", "--dry-run"]] {
+        let mut failure = vec!["cloud-init ignores this file", "not edited"];
+        failure.extend(needles);
+        img.run(args).one_error(&failure);
+    }
+    assert_same_tree(&before, &img.snapshot());
 }
 
 #[test]
-fn error_top_level_list() {
+fn invalid_yaml_is_ignored_as_cloud_init_does() {
+    let img = Image::with_cfg(b"cloud_init_modules:\n - migrator\n  bad: x\n - bootcmd\n");
+    assert_ignored_cloud_cfg(&img, &["at line 3 column 6"]);
+}
+
+#[test]
+fn top_level_list_is_ignored_as_cloud_init_does() {
     let img = Image::with_cfg(b"- migrator\n- bootcmd\n");
-    let file = cfg_path(&img);
-    assert_fails_cleanly(&img, &[&format!("{file}: line 1 column 1:"), "list"]);
+    assert_ignored_cloud_cfg(&img, &["list", "at line 1 column 1"]);
 }
 
 #[test]
@@ -1626,18 +1659,28 @@ fn error_permission_denied_on_an_immutable_file() {
 }
 
 #[test]
-fn error_invalid_drop_in_names_the_drop_in() {
+fn invalid_drop_in_is_ignored_and_left_alone() {
     let img = Image::fixture(TENCENT);
     img.write("etc/cloud/cloud.cfg.d/10_ok.cfg", b"ntp: {enabled: true}\n");
-    img.write(
-        "etc/cloud/cloud.cfg.d/50_bad.cfg",
-        b"datasource_list: [ ConfigDrive\nx: 1\n",
+    // cloud-init ignores this drop-in whole, preserve_hostname included.
+    let bad = b"preserve_hostname: true\ndatasource_list: [ ConfigDrive\nx: 1\n";
+    img.write("etc/cloud/cloud.cfg.d/50_bad.cfg", bad);
+    let says_ignored = |text: &str, also: &str| {
+        let note = "etc/cloud/cloud.cfg.d/50_bad.cfg: cloud-init ignores this file (PyYAML: ";
+        assert!(text.contains(note) && text.contains(also), "{text}");
+    };
+    let out = run_with(cmd().arg("status").arg(img.root()));
+    out.code(0);
+    says_ignored(&out.stdout, "at line 3 column 2)");
+    says_ignored(&out.stdout, "preserve_hostname is not set");
+    let out = img.run(&["--keep", "all"]);
+    out.code(0);
+    says_ignored(&out.stderr, "it was not edited");
+    assert_eq!(
+        fs::read(img.path("etc/cloud/cloud.cfg.d/50_bad.cfg")).unwrap(),
+        bad
     );
-    let file = img
-        .path("etc/cloud/cloud.cfg.d/50_bad.cfg")
-        .display()
-        .to_string();
-    assert_fails_cleanly(&img, &[&format!("{file}: line 2 column 2:")]);
+    img.run(&["--keep", "all", "--check"]).code(0);
     // A non-.cfg file there is not read, however broken.
     let img = Image::fixture(TENCENT);
     img.write("etc/cloud/cloud.cfg.d/50_bad.cfg.disabled", b"x: [\n");

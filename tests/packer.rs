@@ -362,6 +362,8 @@ fn check_on_artifact_example(format: Format) {
         "Running post-processor: prepare-image (type shell-local)",
         "+preserve_hostname: true",
         "- - scripts-user",
+        // ... the clean in the same run (nothing left by a boot here) ...
+        "clean: 0 path(s), 0 bytes in ",
         // ... then the check, which found nothing pending (exit 0).
         "Running post-processor: prepare-image-check (type shell-local)",
         "Builds finished.",

@@ -91,9 +91,14 @@ build {
       # the build VM's own business, not the image's.
       "cloud-init status --wait || true",
       "chmod 0755 /tmp/prepare-image",
-      # Make the edits; prints the diff and what each change breaks.
-      # Exit 1 (nothing written) if a keep cannot hold.
-      "/tmp/prepare-image --keep ${var.keep} /",
+      # Make the edits (prints the diff and what each change breaks) and, in
+      # the same run, remove what this VM's own first boot left: cloud-init's
+      # state (/var/lib/cloud) and logs. `--clean=machine-id` also empties
+      # /etc/machine-id. Exit 1 (nothing written) if a keep cannot hold.
+      "/tmp/prepare-image --keep ${var.keep} --clean /",
+      # Optional: fail the build (exit 4) on anything that would break
+      # cloud-init at first boot, e.g. a re-pointed /usr/bin/python.
+      # "/tmp/prepare-image doctor /",
       # Prove it: exit 3, failing the build, if any change is still pending.
       "/tmp/prepare-image --keep ${var.keep} --check /",
       # Leave nothing behind in the image.

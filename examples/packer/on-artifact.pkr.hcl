@@ -69,12 +69,21 @@ build {
   # One chain: each step runs only if the one before succeeded, and a failing
   # step fails the build (Packer exits 1 and names the post-processor).
   post-processors {
-    # Make the edits; prints the diff (stdout) and what each change breaks
-    # (stderr). Exit 1 (nothing written) if a keep cannot hold.
+    # Make the edits and, in the same attach and mount, remove what the
+    # build VM's first boot left (cloud-init's state and logs; add
+    # `--clean=machine-id` for /etc/machine-id). Prints the diff (stdout),
+    # what each change breaks and what was removed (stderr). Exit 1 (nothing
+    # written) if a keep cannot hold.
     post-processor "shell-local" {
       name   = "prepare-image"
-      inline = ["${var.prepare_image_binary} --keep ${var.keep} '${var.image}'"]
+      inline = ["${var.prepare_image_binary} --keep ${var.keep} --clean '${var.image}'"]
     }
+    # Optional: fail the build (exit 4) on anything that would break
+    # cloud-init at first boot, read-only:
+    # post-processor "shell-local" {
+    #   name   = "prepare-image-doctor"
+    #   inline = ["${var.prepare_image_binary} doctor '${var.image}'"]
+    # }
     # Prove it: exit 3 (and fail the build) if any change is still pending.
     post-processor "shell-local" {
       name   = "prepare-image-check"

@@ -590,29 +590,7 @@ impl Root {
     /// Reads a regular file. Never blocks on a FIFO and never opens a device: the type is checked on an
     /// O_PATH descriptor first, and the real open uses O_NONBLOCK.
     pub fn read_file(&self, rel: &Path) -> Result<FileContents, AccessError> {
-        let mut ctx = Ctx::new(self, Op::Read, rel);
-        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
-        let path = r.rel_path();
-        ctx.resolved_to(&path);
-        if !r.exists {
-            return Err(ctx.err(AccessErrorKind::NotFound));
-        }
-        let Some(name) = r.name.as_deref() else {
-            return Err(ctx.err(AccessErrorKind::NotRegular {
-                kind: "a directory",
-            }));
-        };
-        let (mut file, st) = open_regular(r.parent(self), name).map_err(|k| ctx.err(k))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| ctx.err(kind_from_io(e)))?;
-        Ok(FileContents {
-            path,
-            bytes,
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-        })
+        self.read_file_prefix(rel, u64::MAX)
     }
 
     /// Whether `rel` is a regular file after following links inside the root; any failure means "no",
@@ -925,5 +903,454 @@ impl Drop for PendingWrite {
             // cloud-init anyway.
             let _ = unlinkat(&self.dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
         }
+    }
+}
+
+// Reads that do not follow the final component, and removal, for `doctor` and `clean`. Kept in
+// their own block: the parents of a path are resolved inside the root exactly as for every other
+// access, the final name never is.
+
+/// What a directory entry is, without following it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Directory,
+    Symlink,
+    /// A FIFO, socket or device node.
+    Other,
+}
+
+/// `lstat` of a name inside the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryStat {
+    /// Root-relative path: the parents resolved inside the root, the final name as given.
+    pub path: PathBuf,
+    pub kind: EntryKind,
+    /// Bytes (`st_size`; for a symlink, the length of its target).
+    pub size: u64,
+}
+
+/// Deepest directory nesting `remove_tree` descends into; deeper trees are refused, not recursed
+/// into without bound.
+const MAX_REMOVE_DEPTH: usize = 256;
+
+fn entry_kind(st: &FileStat) -> EntryKind {
+    if is_type(st, SFlag::S_IFREG) {
+        EntryKind::File
+    } else if is_type(st, SFlag::S_IFDIR) {
+        EntryKind::Directory
+    } else if is_type(st, SFlag::S_IFLNK) {
+        EntryKind::Symlink
+    } else {
+        EntryKind::Other
+    }
+}
+
+fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<FileStat> {
+    nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+/// The names in a directory (without "." and ".."), sorted.
+fn names_in(dir: BorrowedFd<'_>) -> nix::Result<Vec<OsString>> {
+    let fd = open_in(
+        dir,
+        OsStr::new("."),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )?;
+    let mut listing = Dir::from_fd(fd)?;
+    let mut names = Vec::new();
+    for entry in listing.iter() {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name));
+        }
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// The parent directory of a name, resolved inside the root, and the name itself.
+struct ParentAndName {
+    /// Root-relative path of the parent after resolving links.
+    parent_path: PathBuf,
+    parent: OwnedFd,
+    name: OsString,
+}
+
+impl Root {
+    /// Resolves everything but the final component of `rel`. `Ok(None)` when the parent does not
+    /// exist; an error when `rel` names the root itself or ends in `..` (nothing to not-follow).
+    fn parent_and_name(&self, ctx: &Ctx, rel: &Path) -> Result<Option<ParentAndName>, AccessError> {
+        let name = match rel.components().next_back() {
+            Some(Component::Normal(name)) => name.to_os_string(),
+            _ => {
+                return Err(ctx.err(AccessErrorKind::Other(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the path must end in a name",
+                ))));
+            }
+        };
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let r = match self.walk(parent_rel) {
+            Ok(r) => r,
+            Err(AccessErrorKind::NotFound) => return Ok(None),
+            Err(k) => return Err(ctx.err(k)),
+        };
+        if !r.exists {
+            return Ok(None);
+        }
+        let parent_path = r.rel_path();
+        let parent = match r.name.as_deref() {
+            None => open_in(
+                self.fd.as_fd(),
+                OsStr::new("."),
+                OFlag::O_PATH | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            ),
+            Some(dir) => open_in(
+                r.parent(self),
+                dir,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                Mode::empty(),
+            ),
+        };
+        match parent {
+            Ok(parent) => Ok(Some(ParentAndName {
+                parent_path,
+                parent,
+                name,
+            })),
+            Err(Errno::ENOTDIR | Errno::ENOENT) => Ok(None),
+            Err(e) => Err(ctx.err(kind_from_errno(e))),
+        }
+    }
+
+    /// Reads at most the first `max` bytes of a regular file, with the checks of `read_file`: a file
+    /// in an image is untrusted and may be huge (a sparse terabyte), so readers that need only text
+    /// near the start cap what they hold.
+    pub fn read_file_prefix(&self, rel: &Path, max: u64) -> Result<FileContents, AccessError> {
+        let mut ctx = Ctx::new(self, Op::Read, rel);
+        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
+        let path = r.rel_path();
+        ctx.resolved_to(&path);
+        if !r.exists {
+            return Err(ctx.err(AccessErrorKind::NotFound));
+        }
+        let Some(name) = r.name.as_deref() else {
+            return Err(ctx.err(AccessErrorKind::NotRegular {
+                kind: "a directory",
+            }));
+        };
+        let (file, st) = open_regular(r.parent(self), name).map_err(|k| ctx.err(k))?;
+        let mut bytes = Vec::new();
+        file.take(max)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ctx.err(kind_from_io(e)))?;
+        Ok(FileContents {
+            path,
+            bytes,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        })
+    }
+
+    /// Opens a regular file for streaming (a 60 MB initramfs is read in pieces, never held whole),
+    /// with the checks of `read_file`. Returns the resolved root-relative path and the file.
+    pub fn open_file(&self, rel: &Path) -> Result<(PathBuf, File), AccessError> {
+        let mut ctx = Ctx::new(self, Op::Read, rel);
+        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
+        let path = r.rel_path();
+        ctx.resolved_to(&path);
+        let (true, Some(name)) = (r.exists, r.name.as_deref()) else {
+            return Err(ctx.err(AccessErrorKind::NotFound));
+        };
+        let (file, _) = open_regular(r.parent(self), name).map_err(|k| ctx.err(k))?;
+        Ok((path, file))
+    }
+
+    /// `lstat` inside the root: the parents are resolved (confined), the final name is not
+    /// followed. `Ok(None)` when it does not exist.
+    pub fn symlink_metadata(&self, rel: &Path) -> Result<Option<EntryStat>, AccessError> {
+        let ctx = Ctx::new(self, Op::Read, rel);
+        let Some(p) = self.parent_and_name(&ctx, rel)? else {
+            return Ok(None);
+        };
+        match lstat_at(p.parent.as_fd(), &p.name) {
+            Ok(st) => Ok(Some(EntryStat {
+                path: p.parent_path.join(&p.name),
+                kind: entry_kind(&st),
+                size: u64::try_from(st.st_size).unwrap_or(0),
+            })),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
+            Err(e) => Err(ctx.err(kind_from_errno(e))),
+        }
+    }
+
+    /// `readlink` inside the root: the target exactly as stored (not resolved), or `Ok(None)` when
+    /// the name is missing or not a symlink.
+    pub fn read_link(&self, rel: &Path) -> Result<Option<PathBuf>, AccessError> {
+        let ctx = Ctx::new(self, Op::Read, rel);
+        let Some(p) = self.parent_and_name(&ctx, rel)? else {
+            return Ok(None);
+        };
+        match readlinkat(p.parent.as_fd(), p.name.as_os_str()) {
+            Ok(target) => Ok(Some(PathBuf::from(target))),
+            Err(Errno::EINVAL | Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
+            Err(e) => Err(ctx.err(kind_from_errno(e))),
+        }
+    }
+
+    /// Removes `rel`: a file or a symlink (the link, never what it points to), or a directory with
+    /// everything under it, depth first. Nothing is ever followed below the parent of `rel`: each
+    /// name is examined with `lstat` and removed with `unlinkat` relative to a descriptor of its
+    /// own directory, so a link inside the tree (`var/lib/cloud -> /`) is removed as a link. A
+    /// directory on another filesystem (a mount point inside the tree) or nesting deeper than
+    /// 256 refuses the whole removal before anything is removed.
+    ///
+    /// Returns every path removed (or, with `dry_run`, that would be), children before their
+    /// directory; empty when `rel` does not exist.
+    pub fn remove_tree(&self, rel: &Path, dry_run: bool) -> Result<Vec<EntryStat>, AccessError> {
+        let ctx = Ctx::new(self, Op::Write, rel);
+        let Some(p) = self.parent_and_name(&ctx, rel)? else {
+            return Ok(Vec::new());
+        };
+        // A first pass that removes nothing finds mount points and over-deep trees, so that a
+        // refused removal leaves everything in place.
+        let planned = remove_below(
+            &ctx,
+            p.parent.as_fd(),
+            &p.parent_path,
+            &p.name,
+            None,
+            0,
+            false,
+        )?;
+        if dry_run {
+            return Ok(planned);
+        }
+        remove_below(
+            &ctx,
+            p.parent.as_fd(),
+            &p.parent_path,
+            &p.name,
+            None,
+            0,
+            true,
+        )
+    }
+}
+
+/// Lists (and with `remove`, removes) `name` inside `dir`, whose root-relative path is `dir_path`.
+/// `device` is the filesystem the removal started on.
+fn remove_below(
+    ctx: &Ctx,
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    name: &OsStr,
+    device: Option<u64>,
+    depth: usize,
+    remove: bool,
+) -> Result<Vec<EntryStat>, AccessError> {
+    let path = dir_path.join(name);
+    let refuse = |why: String| ctx.err(AccessErrorKind::Other(io::Error::other(why)));
+    let st = match lstat_at(dir, name) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(ctx.err(kind_from_errno(e))),
+    };
+    let entry = EntryStat {
+        path: path.clone(),
+        kind: entry_kind(&st),
+        size: u64::try_from(st.st_size).unwrap_or(0),
+    };
+    let mut out = Vec::new();
+    if entry.kind == EntryKind::Directory {
+        #[allow(clippy::useless_conversion)] // st_dev is u64 on some targets only
+        let dev = u64::from(st.st_dev);
+        if device.is_some_and(|d| d != dev) {
+            return Err(refuse(format!(
+                "{} is on another filesystem (a mount point): unmount it first; nothing was removed",
+                path.display()
+            )));
+        }
+        if depth >= MAX_REMOVE_DEPTH {
+            return Err(refuse(format!(
+                "{} is nested more than {MAX_REMOVE_DEPTH} directories deep; nothing was removed",
+                path.display()
+            )));
+        }
+        let sub = open_in(
+            dir,
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| ctx.err(kind_from_errno(e)))?;
+        for child in names_in(sub.as_fd()).map_err(|e| ctx.err(kind_from_errno(e)))? {
+            out.extend(remove_below(
+                ctx,
+                sub.as_fd(),
+                &path,
+                &child,
+                Some(dev),
+                depth + 1,
+                remove,
+            )?);
+        }
+    }
+    if remove {
+        let flag = if entry.kind == EntryKind::Directory {
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
+        unlinkat(dir, name, flag).map_err(|e| ctx.err(kind_from_errno(e)))?;
+    }
+    out.push(entry);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod no_follow_tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn symlink_metadata_and_read_link_do_not_follow_the_last_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root_path = dir.path();
+        std::fs::create_dir_all(root_path.join("usr/bin")).unwrap();
+        std::fs::write(root_path.join("usr/bin/python3.11"), "").unwrap();
+        symlink("python3.11", root_path.join("usr/bin/python3")).unwrap();
+        symlink("usr/bin", root_path.join("bin")).unwrap();
+        let root = Root::open(root_path).unwrap();
+        let st = root
+            .symlink_metadata(Path::new("bin/python3"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.kind, EntryKind::Symlink);
+        assert_eq!(st.path, Path::new("usr/bin/python3"));
+        assert_eq!(
+            root.read_link(Path::new("/bin/python3")).unwrap(),
+            Some(PathBuf::from("python3.11"))
+        );
+        assert_eq!(
+            root.read_link(Path::new("usr/bin/python3.11")).unwrap(),
+            None
+        );
+        assert_eq!(
+            root.symlink_metadata(Path::new("usr/bin/nope")).unwrap(),
+            None
+        );
+        assert_eq!(root.symlink_metadata(Path::new("nope/nope")).unwrap(), None);
+    }
+
+    #[test]
+    fn remove_tree_removes_links_not_their_targets_and_never_leaves_the_root() {
+        let host = tempfile::tempdir().unwrap();
+        let canary_dir = host.path().join("canary");
+        std::fs::create_dir(&canary_dir).unwrap();
+        std::fs::write(canary_dir.join("keep"), "host data").unwrap();
+        let image = tempfile::tempdir().unwrap();
+        let r = image.path();
+        std::fs::create_dir_all(r.join("var/lib/cloud/instances/i-1/sem")).unwrap();
+        std::fs::write(r.join("var/lib/cloud/instances/i-1/sem/config_ssh"), "x").unwrap();
+        // Hostile links inside the tree: absolute to the "root", and to the host's canary.
+        symlink("/", r.join("var/lib/cloud/instance")).unwrap();
+        symlink(&canary_dir, r.join("var/lib/cloud/escape")).unwrap();
+        std::fs::write(r.join("etc-keep"), "image data").unwrap();
+        let root = Root::open(r).unwrap();
+
+        let planned = root.remove_tree(Path::new("var/lib/cloud"), true).unwrap();
+        let paths: Vec<_> = planned
+            .iter()
+            .map(|e| e.path.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "var/lib/cloud/escape",
+                "var/lib/cloud/instance",
+                "var/lib/cloud/instances/i-1/sem/config_ssh",
+                "var/lib/cloud/instances/i-1/sem",
+                "var/lib/cloud/instances/i-1",
+                "var/lib/cloud/instances",
+                "var/lib/cloud",
+            ]
+        );
+        assert!(
+            r.join("var/lib/cloud/instances/i-1/sem/config_ssh")
+                .exists()
+        );
+
+        let removed = root.remove_tree(Path::new("var/lib/cloud"), false).unwrap();
+        assert_eq!(removed, planned);
+        assert!(!r.join("var/lib/cloud").exists());
+        assert!(r.join("var/lib").is_dir());
+        assert_eq!(
+            std::fs::read_to_string(r.join("etc-keep")).unwrap(),
+            "image data"
+        );
+        assert_eq!(
+            std::fs::read_to_string(canary_dir.join("keep")).unwrap(),
+            "host data"
+        );
+    }
+
+    #[test]
+    fn remove_tree_on_a_link_removes_only_the_link() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("canary"), "host").unwrap();
+        let image = tempfile::tempdir().unwrap();
+        let r = image.path();
+        std::fs::create_dir_all(r.join("var/lib")).unwrap();
+        symlink(host.path(), r.join("var/lib/cloud")).unwrap();
+        let root = Root::open(r).unwrap();
+        let removed = root.remove_tree(Path::new("var/lib/cloud"), false).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].kind, EntryKind::Symlink);
+        assert!(host.path().join("canary").exists());
+        assert!(r.join("var/lib").is_dir());
+        assert!(
+            root.remove_tree(Path::new("var/lib/cloud"), false)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn remove_tree_through_a_linked_parent_stays_inside_the_root() {
+        // var/lib -> / inside the image: var/lib/cloud means the image's /cloud, never the host's.
+        let image = tempfile::tempdir().unwrap();
+        let r = image.path();
+        std::fs::create_dir_all(r.join("var")).unwrap();
+        std::fs::create_dir_all(r.join("cloud/x")).unwrap();
+        symlink("/", r.join("var/lib")).unwrap();
+        let root = Root::open(r).unwrap();
+        let removed = root.remove_tree(Path::new("var/lib/cloud"), false).unwrap();
+        assert_eq!(removed.last().unwrap().path, Path::new("cloud"));
+        assert!(!r.join("cloud").exists());
+        assert!(r.join("var/lib").symlink_metadata().is_ok());
+    }
+
+    #[test]
+    fn read_file_prefix_holds_at_most_what_it_is_asked_for() {
+        let image = tempfile::tempdir().unwrap();
+        let big = std::fs::File::create(image.path().join("sparse")).unwrap();
+        big.set_len(1 << 40).unwrap();
+        let root = Root::open(image.path()).unwrap();
+        let read = root.read_file_prefix(Path::new("sparse"), 4096).unwrap();
+        assert_eq!(read.bytes.len(), 4096);
+    }
+
+    #[test]
+    fn remove_tree_refuses_the_root_itself() {
+        let image = tempfile::tempdir().unwrap();
+        let root = Root::open(image.path()).unwrap();
+        assert!(root.remove_tree(Path::new("/"), false).is_err());
+        assert!(root.remove_tree(Path::new("a/.."), false).is_err());
+        assert!(image.path().is_dir());
     }
 }

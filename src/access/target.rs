@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use crate::access::image::open::{ImageInfo, OpenedImage};
 use crate::access::root::Root;
 use crate::cli::UsageError;
+use crate::guest::cloudinit::effective::CLOUD_CFG;
 
 #[derive(Debug)]
 pub enum Target {
@@ -28,6 +29,19 @@ impl Target {
         partition: Option<u32>,
         allow_backing: bool,
     ) -> Result<Target> {
+        Target::open_with_root_marker(path, writable, partition, allow_backing, CLOUD_CFG)
+    }
+
+    /// As [`Target::open`], but an image's root is the partition holding
+    /// `marker` (e.g. `etc/os-release` for `doctor`, which must also open
+    /// images without cloud-init).
+    pub fn open_with_root_marker(
+        path: &Path,
+        writable: bool,
+        partition: Option<u32>,
+        allow_backing: bool,
+        marker: &str,
+    ) -> Result<Target> {
         let meta = match std::fs::metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
@@ -47,7 +61,13 @@ impl Target {
             return Ok(Target::Directory(Root::open(path)?));
         }
         if meta.is_file() {
-            let image = crate::access::image::open::open(path, writable, partition, allow_backing)?;
+            let image = crate::access::image::open::open_with_root_marker(
+                path,
+                writable,
+                partition,
+                allow_backing,
+                marker,
+            )?;
             return Ok(Target::Image(Box::new(image)));
         }
         bail!(

@@ -33,6 +33,8 @@ pub struct ImageInfo {
     /// Linux partition number; 0 for a filesystem with no partition table.
     pub partition: u32,
     pub filesystem: String,
+    /// The disk's size as a guest sees it (the raw view's length).
+    pub virtual_size: u64,
 }
 
 /// A mounted image. Fields drop in declaration order: the root's descriptor
@@ -94,6 +96,19 @@ pub fn open(
     partition: Option<u32>,
     allow_backing: bool,
 ) -> Result<OpenedImage> {
+    open_with_root_marker(path, writable, partition, allow_backing, CLOUD_CFG)
+}
+
+/// As [`open`], but the root is the partition holding `marker` (a
+/// root-relative path): `doctor` must find the root of an image whose
+/// cloud-init, and so cloud.cfg, may be missing, by `etc/os-release`.
+pub fn open_with_root_marker(
+    path: &Path,
+    writable: bool,
+    partition: Option<u32>,
+    allow_backing: bool,
+    marker: &str,
+) -> Result<OpenedImage> {
     preflight()?;
     super::tempdirs::sweep_stale();
     let display = path.display().to_string();
@@ -119,6 +134,7 @@ pub fn open(
             table: String::new(),
             partition: 0,
             filesystem: String::new(),
+            virtual_size: 0,
         },
     };
     let raw_path = if format == ImageFormat::Raw {
@@ -140,6 +156,7 @@ pub fn open(
             .with_context(|| format!("opening the raw view of {display}"))?
     };
     let size = raw.metadata()?.len();
+    opened.info.virtual_size = size;
     let layout = partition::read_layout(&mut raw, size).map_err(|e| anyhow!("{display}: {e}"))?;
     opened.info.table = match layout.table {
         Table::Gpt { sector_size } => format!("gpt ({sector_size}-byte sectors)"),
@@ -184,7 +201,7 @@ pub fn open(
             refuse_unmountable(&display, &p, &kind)?;
             (p, kind, None)
         }
-        None => find_root(&raw, &raw_path, &display, &kinds, !writable)?,
+        None => find_root(&raw, &raw_path, &display, &kinds, !writable, marker)?,
     };
     let (loop_device, mount) = match probe {
         // Read-only and already mounted read-only by the probe: use it.
@@ -301,11 +318,11 @@ fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()>
     }
 }
 
-/// What `etc/cloud/cloud.cfg` says when it is a symbolic link to nothing
+/// What the root marker (`etc/cloud/cloud.cfg`) says when it is a symbolic link to nothing
 /// (the link as written). The directory is resolved inside the root first,
 /// so reading the link from the mountpoint follows no link of the image.
-fn dangling_link_target(root: &Root, mountpoint: &Path) -> Option<PathBuf> {
-    let cfg = Path::new(CLOUD_CFG);
+fn dangling_link_target(root: &Root, mountpoint: &Path, marker: &str) -> Option<PathBuf> {
+    let cfg = Path::new(marker);
     if root.exists(cfg) {
         return None;
     }
@@ -325,6 +342,7 @@ fn find_root(
     display: &str,
     kinds: &[(Partition, FsKind)],
     keep_probe: bool,
+    marker: &str,
 ) -> Result<(Partition, FsKind, Option<Probe>)> {
     let mut candidates = Vec::new();
     let mut kept: Option<Probe> = None;
@@ -348,11 +366,11 @@ fn find_root(
         let root = Root::open(mount.path()).ok();
         let found = root
             .as_ref()
-            .is_some_and(|r| r.exists(Path::new(CLOUD_CFG)));
+            .is_some_and(|r| r.exists(Path::new(marker)));
         if !found
             && let Some(target) = root
                 .as_ref()
-                .and_then(|r| dangling_link_target(r, mount.path()))
+                .and_then(|r| dangling_link_target(r, mount.path(), marker))
         {
             dangling.get_or_insert((p.number, target));
         }
@@ -387,12 +405,17 @@ fn find_root(
             }
             if let Some((number, target)) = dangling {
                 bail!(
-                    "{display}: partition {number} has /{CLOUD_CFG}, but it is a symbolic link to {}, which does not exist in the image (links are followed inside the image, never on the host): fix the link in the image",
+                    "{display}: partition {number} has /{marker}, but it is a symbolic link to {}, which does not exist in the image (links are followed inside the image, never on the host): fix the link in the image",
                     target.display()
                 );
             }
+            let hint = if marker == CLOUD_CFG {
+                "is cloud-init installed in this image?"
+            } else {
+                "is this a Linux image?"
+            };
             bail!(
-                "{display}: no partition holds /{CLOUD_CFG} (partitions: {}); is cloud-init installed in this image?",
+                "{display}: no partition holds /{marker} (partitions: {}); {hint}",
                 if kinds.is_empty() {
                     "none".to_string()
                 } else {
@@ -401,7 +424,7 @@ fn find_root(
             )
         }
         _ => bail!(
-            "{display}: several partitions hold /{CLOUD_CFG} ({}); choose one with --partition N",
+            "{display}: several partitions hold /{marker} ({}); choose one with --partition N",
             describe(&candidates)
         ),
     }

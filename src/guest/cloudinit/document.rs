@@ -258,32 +258,6 @@ impl Value {
         }
     }
 
-    /// cloud-init's `util.translate_bool`: how it reads a setting such as
-    /// `preserve_hostname`. `None` when the value is neither clearly true nor
-    /// clearly false (for example `manage_etc_hosts: localhost`).
-    pub fn cloud_init_bool(&self) -> Option<bool> {
-        match self {
-            Value::Null => Some(false),
-            Value::Bool(b) => Some(*b),
-            Value::Int(i) => match i {
-                0 => Some(false),
-                1 => Some(true),
-                _ => None,
-            },
-            Value::Str(s) => {
-                let s = s.trim().to_ascii_lowercase();
-                if ["true", "1", "on", "yes", "y"].contains(&s.as_str()) {
-                    Some(true)
-                } else if ["false", "0", "off", "no", "n", ""].contains(&s.as_str()) {
-                    Some(false)
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        }
-    }
-
     /// The value as JSON, for reports. Non-string keys are written as their
     /// YAML text. A value larger than the render budget (only possible
     /// through aliases) has its remaining parts written as the string "…".
@@ -1329,13 +1303,5 @@ mod tests {
             (Value::Str("new".into()), Value::Str("merged".into()))
         );
         assert_eq!(m[7], (Value::Str("k5".into()), Value::Str("last".into())));
-    }
-
-    #[test]
-    fn cloud_init_bool_follows_translate_bool() {
-        assert_eq!(Value::Str("Yes".into()).cloud_init_bool(), Some(true));
-        assert_eq!(Value::Int(1).cloud_init_bool(), Some(true));
-        assert_eq!(Value::Str("localhost".into()).cloud_init_bool(), None);
-        assert_eq!(Value::Null.cloud_init_bool(), Some(false));
     }
 }

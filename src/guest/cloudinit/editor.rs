@@ -14,6 +14,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use crate::guest::cloudinit::document::{self, Node, NodeKind, ParseError, Style, Value};
+use crate::guest::cloudinit::effective;
 
 /// One edit to a cloud.cfg document.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,11 +129,12 @@ pub fn is_module_list_key(key: &str) -> bool {
 }
 
 /// Whether `current` already means `wanted` to cloud-init. Booleans are read
-/// as cloud-init reads them (`util.translate_bool`): `yes`, `1` and `"true"`
-/// are true.
-pub fn satisfies(current: &Value, wanted: &Value) -> bool {
+/// as cloud-init reads them (`effective::reads_as_true`: `yes`, `1` and
+/// `"true"` are true, `y` is not); `top_level_key` names the setting when
+/// the value is at the top level, where some settings have their own rule.
+pub fn satisfies(top_level_key: Option<&str>, current: &Value, wanted: &Value) -> bool {
     match wanted {
-        Value::Bool(b) => current.cloud_init_bool() == Some(*b),
+        Value::Bool(b) => effective::reads_as_true(top_level_key, current) == *b,
         _ => current == wanted,
     }
 }
@@ -146,7 +148,7 @@ pub fn apply_to_value(value: &mut Value, edit: &Edit) {
             value: wanted,
             add_if_missing,
         } => {
-            set_value_path(value, path, wanted, *add_if_missing);
+            set_value_path(value, path, wanted, *add_if_missing, true);
         }
         Edit::RemoveModule { module } => {
             let module = canonical_module_name(module);
@@ -179,7 +181,7 @@ pub fn apply_to_value(value: &mut Value, edit: &Edit) {
     }
 }
 
-fn set_value_path(map: &mut Value, path: &[String], wanted: &Value, add: bool) {
+fn set_value_path(map: &mut Value, path: &[String], wanted: &Value, add: bool, top_level: bool) {
     let Some((first, rest)) = path.split_first() else {
         return;
     };
@@ -193,11 +195,11 @@ fn set_value_path(map: &mut Value, path: &[String], wanted: &Value, add: bool) {
             }
         }
         Some(child) if rest.is_empty() => {
-            if !satisfies(child, wanted) {
+            if !satisfies(top_level.then_some(first.as_str()), child, wanted) {
                 *child = wanted.clone();
             }
         }
-        Some(child @ Value::Map(_)) => set_value_path(child, rest, wanted, add),
+        Some(child @ Value::Map(_)) => set_value_path(child, rest, wanted, add, false),
         Some(child) => {
             if add {
                 *child = nested_value(rest, wanted);
@@ -584,7 +586,11 @@ impl Context<'_> {
         for (key, value) in map.entries_for(first) {
             found = true;
             let planned = if rest.is_empty() {
-                if satisfies(&value.to_value(), wanted) {
+                if satisfies(
+                    top_level.then_some(first.as_str()),
+                    &value.to_value(),
+                    wanted,
+                ) {
                     continue;
                 }
                 self.replace_value(

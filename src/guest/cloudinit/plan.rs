@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow, bail};
 
 use crate::guest::cloudinit::editor::{self, Edit};
-use crate::guest::cloudinit::effective::{ConfigSet, SettingState, setting_state};
+use crate::guest::cloudinit::effective::{ConfigSet, Lookup, SettingState, setting_state};
 use crate::guest::cloudinit::profile::{Condition, Profile, Warning};
 
 #[derive(Debug, Clone)]
@@ -76,7 +76,13 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
     let per_file = edits_per_file(set, &wanted);
     let (files, changed_wanted) = edit_files(set, &wanted, &per_file)?;
     let new_set = set.with_texts(&files.iter().map(|f| f.new_text.clone()).collect::<Vec<_>>())?;
-    verify(set, &new_set, &wanted)?;
+    if let Err(e) = verify(set, &new_set, &wanted) {
+        let ignored = ignored_files_note(set);
+        if ignored.is_empty() {
+            return Err(e);
+        }
+        bail!("the keep would need a file that cloud-init ignores; nothing was written{ignored}");
+    }
     let before: Vec<SettingState> = profiles.iter().map(|p| setting_state(set, p)).collect();
     let after: Vec<SettingState> = profiles
         .iter()
@@ -89,20 +95,47 @@ pub fn plan(set: &ConfigSet, profiles: &[&Profile]) -> Result<Plan> {
             .filter(|r| r.overwrites)
             .map(|r| r.text.clone())
             .collect();
+        let ignored = ignored_files_note(set);
         bail!(
-            "could not keep {}: {}; nothing was written",
+            "could not keep {}: {}; nothing was written{ignored}",
             failed.setting,
             why.join("; ")
         );
     }
     let mut warnings = applicable_warnings(set, profiles, &wanted, &changed_wanted);
     warnings.extend(duplicate_key_warnings(set, &wanted));
+    warnings.extend(set.files.iter().filter_map(|f| {
+        f.ignored.as_ref().map(|i| Warning {
+            id: "ignored-file".to_string(),
+            text: format!(
+                "{}: {i}; nothing in it counts, and it was not edited",
+                f.path.display()
+            ),
+            condition: Condition::Always,
+        })
+    }));
     Ok(Plan {
         files,
         warnings,
         before,
         after,
     })
+}
+
+/// A file cloud-init ignores is never edited; when a keep fails, this names
+/// them, since fixing such a file is the way out.
+fn ignored_files_note(set: &ConfigSet) -> String {
+    set.files
+        .iter()
+        .filter_map(|f| {
+            f.ignored.as_ref().map(|i| {
+                format!(
+                    "; {}: {i}, so it was not edited: fix it, then run again",
+                    f.path.display()
+                )
+            })
+        })
+        .collect()
 }
 
 /// The profiles' edits, each once, with every profile that asked for it.
@@ -129,8 +162,10 @@ fn distinct_edits<'a>(profiles: &[&'a Profile]) -> Vec<Wanted<'a>> {
 /// Per file, the edits to apply there (with the index of the wanted edit
 /// each serves): removals everywhere; a `set` only where the key is already
 /// present, and added in one place when no file decides it (module doc).
+/// A file cloud-init ignores gets no edit: it counts for nothing.
 fn edits_per_file(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Vec<(usize, Edit)>> {
     let mut per_file: Vec<Vec<(usize, Edit)>> = vec![Vec::new(); set.files.len()];
+    let read = |file: usize| set.files[file].ignored.is_none();
     for (index, w) in wanted.iter().enumerate() {
         let Edit::Set {
             path,
@@ -138,22 +173,25 @@ fn edits_per_file(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Vec<(usize, Edit)>>
             add_if_missing,
         } = w.edit
         else {
-            for edits in per_file.iter_mut() {
-                edits.push((index, w.edit.clone()));
+            for (file, edits) in per_file.iter_mut().enumerate() {
+                if read(file) {
+                    edits.push((index, w.edit.clone()));
+                }
             }
             continue;
         };
         let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+        let current = set.lookup(&keys);
+        if let Lookup::Found(current) = current {
+            let top_level_key = (keys.len() == 1).then_some(keys[0]);
+            if editor::satisfies(top_level_key, current, value) {
+                continue;
+            }
+        }
+        if current == Lookup::Missing && !add_if_missing {
+            continue;
+        }
         let decision = set.decider(&keys);
-        if decision
-            .as_ref()
-            .is_some_and(|d| d.complete && editor::satisfies(&d.node.to_value(), value))
-        {
-            continue;
-        }
-        if decision.is_none() && !add_if_missing {
-            continue;
-        }
         let in_place = Edit::Set {
             path: path.clone(),
             value: value.clone(),
@@ -168,13 +206,23 @@ fn edits_per_file(set: &ConfigSet, wanted: &[Wanted]) -> Vec<Vec<(usize, Edit)>>
             Some(d) if d.complete => None,
             Some(d) => Some(d.file),
             None => Some(
-                set.files
-                    .iter()
-                    .rposition(|f| f.doc.root.as_ref().and_then(|r| r.get(&path[0])).is_some())
+                set.reads()
+                    .filter(|&f| {
+                        set.files[f]
+                            .doc
+                            .root
+                            .as_ref()
+                            .and_then(|r| r.get(&path[0]))
+                            .is_some()
+                    })
+                    .last()
                     .unwrap_or(0),
             ),
         };
         for (file_index, edits) in per_file.iter_mut().enumerate() {
+            if !read(file_index) {
+                continue;
+            }
             let add_here = *add_if_missing && add_to == Some(file_index);
             edits.push((
                 index,
@@ -199,6 +247,17 @@ fn edit_files(
     let mut files = Vec::new();
     let mut changed_wanted = vec![false; wanted.len()];
     for (file, edits) in set.files.iter().zip(per_file) {
+        if edits.is_empty() {
+            // Nothing to do here (or a file cloud-init ignores, which the
+            // editor must not touch).
+            files.push(FilePlan {
+                path: file.path.clone(),
+                old_text: file.text.clone(),
+                new_text: file.text.clone(),
+                changes: Vec::new(),
+            });
+            continue;
+        }
         let just_edits: Vec<Edit> = edits.iter().map(|(_, e)| e.clone()).collect();
         let edited = editor::apply(&file.text, &just_edits)
             .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
@@ -240,6 +299,13 @@ fn verify(old: &ConfigSet, new: &ConfigSet, wanted: &[Wanted]) -> Result<()> {
     }
     let actual = new.effective();
     if actual != expected {
+        if let Some(&(file, line)) = old.merge_keys().first() {
+            bail!(
+                "{}: line {line}: cloud-init merges the files with this merge_how / merge_type, and the edits \
+                 would not have the intended effect under it; nothing was written: edit the files by hand",
+                old.files[file].path.display()
+            );
+        }
         bail!(
             "internal error: the edits would change the effective configuration beyond what was asked; nothing was written \
              (expected {expected}, got {actual}); please report this with the files"

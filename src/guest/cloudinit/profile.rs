@@ -11,14 +11,32 @@ use crate::guest::cloudinit::editor::Edit;
 
 /// The built-in profiles, in the order `profiles` lists them and `all` keeps them.
 const BUILT_IN: &[(&str, &str)] = &[
-    ("hostname.yaml", include_str!("../../../profiles/linux/hostname.yaml")),
-    ("hosts.yaml", include_str!("../../../profiles/linux/hosts.yaml")),
+    (
+        "hostname.yaml",
+        include_str!("../../../profiles/linux/hostname.yaml"),
+    ),
+    (
+        "hosts.yaml",
+        include_str!("../../../profiles/linux/hosts.yaml"),
+    ),
     ("dns.yaml", include_str!("../../../profiles/linux/dns.yaml")),
-    ("repos.yaml", include_str!("../../../profiles/linux/repos.yaml")),
+    (
+        "repos.yaml",
+        include_str!("../../../profiles/linux/repos.yaml"),
+    ),
     ("ntp.yaml", include_str!("../../../profiles/linux/ntp.yaml")),
-    ("passwords.yaml", include_str!("../../../profiles/linux/passwords.yaml")),
-    ("keys.yaml", include_str!("../../../profiles/linux/keys.yaml")),
-    ("network.yaml", include_str!("../../../profiles/linux/network.yaml")),
+    (
+        "passwords.yaml",
+        include_str!("../../../profiles/linux/passwords.yaml"),
+    ),
+    (
+        "keys.yaml",
+        include_str!("../../../profiles/linux/keys.yaml"),
+    ),
+    (
+        "network.yaml",
+        include_str!("../../../profiles/linux/network.yaml"),
+    ),
 ];
 
 /// `--keep all` means every built-in profile.

@@ -1,0 +1,81 @@
+//! `prepare-image doctor`: open the target read-only (read-write when
+//! `--fix` has something to write), run the Linux checks, print the findings.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::{DoctorArgs, Format, Outcome, describe, finish};
+use crate::access::target::Target;
+use crate::doctor::render::{self, Subject};
+use crate::doctor::summarize;
+use crate::guest::cloudinit::doctor;
+
+/// What marks an image's root partition for doctor.
+pub(super) const OS_RELEASE: &str = "etc/os-release";
+
+pub(super) fn run(
+    args: &DoctorArgs,
+    format: Format,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Outcome> {
+    // Found by etc/os-release, not cloud.cfg: an image without cloud-init is
+    // exactly what doctor must diagnose.
+    // An image is mounted read-write only when --fix has something to write:
+    // a read-write mount alone changes the image file.
+    let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
+    let first = Target::open_with_root_marker(
+        &args.target,
+        args.fix && !is_image,
+        args.partition,
+        args.allow_backing,
+        OS_RELEASE,
+    )?;
+    let target = if args.fix && is_image {
+        match doctor::fix_shebangs(first.root(), true) {
+            Err(e) => return finish(first, Err(e)),
+            Ok(fixes) if fixes.is_empty() => first,
+            Ok(_) => {
+                let partition = first.image().map(|i| i.partition);
+                first.close()?;
+                Target::open_with_root_marker(&args.target, true, partition, args.allow_backing, OS_RELEASE)?
+            }
+        }
+    } else {
+        first
+    };
+    let result = (|| {
+        let root = target.root();
+        if args.fix {
+            for fix in doctor::fix_shebangs(root, false)? {
+                writeln!(
+                    err,
+                    "fixed {}:1: {} -> {}",
+                    fix.path.display(),
+                    fix.old,
+                    fix.new
+                )?;
+            }
+        }
+        let findings = doctor::diagnose(root, target.image())?;
+        let description = describe(&target);
+        let subject = Subject {
+            root: description.path.display().to_string(),
+            image: description
+                .image
+                .is_some()
+                .then(|| description.image_json()),
+        };
+        match format {
+            Format::Json => render::json(out, &subject, &findings)?,
+            Format::Text => render::text(out, &subject, &findings, args.verbose)?,
+        }
+        Ok(if summarize(&findings).errors > 0 {
+            Outcome::Findings
+        } else {
+            Outcome::Success
+        })
+    })();
+    finish(target, result)
+}
