@@ -843,6 +843,12 @@ fn check_doc(doc: &Doc, mask: u8) -> Result<(), TestCaseError> {
         if ambiguous_empty_line(bare, &changeable(&rendered, &edits)).is_some() {
             return Ok(());
         }
+        // A final block scalar means something else without its line break
+        // ("text" rather than "text\n"), so the editor places an added key
+        // before it there; nothing to compare with the LF result.
+        if ends_in_block_scalar(bare) {
+            return Ok(());
+        }
         prop_assert_eq!(
             bare_new.as_str(),
             lf_new.strip_suffix('\n').unwrap_or(&lf_new),
@@ -986,5 +992,34 @@ fn generator_renders_valid_yaml_with_every_form() {
             );
         }
         check_doc(&doc, 0b11).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Whether the text's last line belongs to a `|` or `>` block scalar.
+fn ends_in_block_scalar(text: &str) -> bool {
+    let Ok(doc) = document::parse(text) else {
+        return false;
+    };
+    let mut node = match doc.root.as_ref().map(|r| &r.kind) {
+        Some(document::NodeKind::Map { entries, .. }) => match entries.last() {
+            Some((_, v)) => v,
+            None => return false,
+        },
+        _ => return false,
+    };
+    loop {
+        match &node.kind {
+            document::NodeKind::Scalar { style, .. } => {
+                return *style == document::Style::Block;
+            }
+            document::NodeKind::Map { entries, .. } => match entries.last() {
+                Some((_, v)) => node = v,
+                None => return false,
+            },
+            document::NodeKind::Seq { items, .. } => match items.last() {
+                Some(v) => node = v,
+                None => return false,
+            },
+        }
     }
 }

@@ -3,17 +3,18 @@
 //!
 //! cloud-init loads its configuration with PyYAML's `safe_load`, which speaks
 //! YAML 1.1: `yes`, `no`, `on` and `off` are booleans, `0644` is octal, `~` is
-//! null. Parsers of YAML 1.2 read those as strings, so we take only the event
-//! stream (syntax is the same in both) from `saphyr-parser` and resolve
-//! scalars ourselves, the way PyYAML's resolver does. Every node keeps its byte
-//! span so that the editor can change exactly the text it must and nothing else.
+//! null, and tabs, control characters and NEL are refused where YAML 1.2
+//! parsers accept them. The events and the verdict come from our port of
+//! PyYAML (`super::yaml`); this module builds the nodes. Every node keeps its
+//! byte span so that the editor can change exactly the text it must and
+//! nothing else.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Tag};
+use crate::guest::cloudinit::yaml::{self, ErrorKind, Event, EventKind, ScalarStyle, YamlError};
 
 /// The meaning of a YAML node, as PyYAML's `safe_load` would build it.
 ///
@@ -100,18 +101,52 @@ fn equal(a: &Value, b: &Value, known_equal: &mut HashSet<(usize, usize)>) -> boo
     same
 }
 
-/// A hash of a mapping key that agrees with `Value`'s equality (keys are
+/// A number as a Python dict key: `True`, `1` and `1.0` are one key (and
+/// `False`, `0`, `0.0`, `-0.0`); every `.nan` PyYAML builds is one shared
+/// object, so those are one key too.
+#[derive(PartialEq, Eq, Hash)]
+enum PythonNumber {
+    Integral(i128),
+    Fractional(u64),
+    NaN,
+}
+
+fn python_number(v: &Value) -> Option<PythonNumber> {
+    /// 2^127: integral floats below it convert to i128 exactly.
+    const I128_RANGE: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+    Some(match v {
+        Value::Bool(b) => PythonNumber::Integral(i128::from(*b)),
+        Value::Int(i) => PythonNumber::Integral(*i),
+        Value::Float(f) if f.is_nan() => PythonNumber::NaN,
+        Value::Float(f) if f.fract() == 0.0 && f.abs() < I128_RANGE => {
+            PythonNumber::Integral(*f as i128)
+        }
+        Value::Float(f) => PythonNumber::Fractional(f.to_bits()),
+        _ => return None,
+    })
+}
+
+/// Whether two keys are one key of the Python dict PyYAML builds.
+fn same_python_key(a: &Value, b: &Value) -> bool {
+    match (python_number(a), python_number(b)) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a == b,
+        _ => false,
+    }
+}
+
+/// A hash of a mapping key that agrees with [`same_python_key`] (keys are
 /// scalars; a collection key hashes by its kind only).
 fn key_hash(key: &Value) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Some(n) = python_number(key) {
+        n.hash(&mut h);
+        return h.finish();
+    }
     std::mem::discriminant(key).hash(&mut h);
     match key {
-        Value::Bool(b) => b.hash(&mut h),
-        Value::Int(i) => i.hash(&mut h),
-        // 0.0 and -0.0 are equal; NaNs are equal only to the same bits.
-        Value::Float(f) => (if *f == 0.0 { 0 } else { f.to_bits() }).hash(&mut h),
         Value::Str(s) | Value::Timestamp(s) => s.hash(&mut h),
-        Value::Null | Value::Seq(_) | Value::Map(_) => {}
+        _ => {}
     }
     h.finish()
 }
@@ -137,7 +172,7 @@ impl KeyIndex {
             .get(&key_hash(key))?
             .iter()
             .copied()
-            .find(|&i| entries[i].0 == *key)
+            .find(|&i| same_python_key(&entries[i].0, key))
     }
 
     /// Sets `key` to `value`: a new key goes last, a known one keeps its
@@ -146,14 +181,6 @@ impl KeyIndex {
         match self.find(entries, &key) {
             Some(i) => entries[i].1 = value,
             None => self.push_new(entries, key, value),
-        }
-    }
-
-    /// Adds `key` only when it is not there yet (merge keys: the first
-    /// source that has a key gives its value).
-    fn insert_if_absent(&mut self, entries: &mut Vec<(Value, Value)>, key: Value, value: Value) {
-        if self.find(entries, &key).is_none() {
-            self.push_new(entries, key, value);
         }
     }
 
@@ -340,182 +367,12 @@ fn render_str(s: &str) -> String {
 }
 
 /// Resolves a plain (unquoted, untagged) scalar the way PyYAML's YAML 1.1
-/// resolver does (`yaml/resolver.py`, implicit resolvers of `Resolver`).
+/// resolver and SafeLoader's constructors do. A text whose constructor
+/// raises (`0b_`, `2001-02-30`) reads as that text here; [`parse`] refuses
+/// such a document before anyone asks.
 pub fn resolve_plain(s: &str) -> Value {
-    match s {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => {
-            return Value::Bool(true);
-        }
-        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
-            return Value::Bool(false);
-        }
-        _ => {}
-    }
-    if let Some(i) = parse_yaml11_int(s) {
-        return Value::Int(i);
-    }
-    if let Some(f) = parse_yaml11_float(s) {
-        return Value::Float(f);
-    }
-    if is_yaml11_timestamp(s) {
-        return Value::Timestamp(s.to_string());
-    }
-    Value::Str(s.to_string())
-}
-
-fn split_sign(s: &str) -> (i128, &str) {
-    if let Some(rest) = s.strip_prefix('-') {
-        (-1, rest)
-    } else if let Some(rest) = s.strip_prefix('+') {
-        (1, rest)
-    } else {
-        (1, s)
-    }
-}
-
-fn digits_in(s: &str, radix: u32) -> bool {
-    !s.is_empty() && s.chars().all(|c| c == '_' || c.is_digit(radix))
-}
-
-fn parse_radix(s: &str, radix: u32) -> Option<i128> {
-    let cleaned: String = s.chars().filter(|&c| c != '_').collect();
-    if cleaned.is_empty() {
-        return Some(0);
-    }
-    i128::from_str_radix(&cleaned, radix).ok()
-}
-
-/// `int` of YAML 1.1: binary, octal (leading 0), decimal, hex and base 60.
-fn parse_yaml11_int(s: &str) -> Option<i128> {
-    let (sign, body) = split_sign(s);
-    let magnitude = if let Some(bin) = body.strip_prefix("0b") {
-        if !digits_in(bin, 2) {
-            return None;
-        }
-        parse_radix(bin, 2)?
-    } else if let Some(hex) = body.strip_prefix("0x") {
-        if !digits_in(hex, 16) {
-            return None;
-        }
-        parse_radix(hex, 16)?
-    } else if body == "0" {
-        0
-    } else if body.len() > 1 && body.starts_with('0') {
-        if !digits_in(&body[1..], 8) {
-            return None;
-        }
-        parse_radix(&body[1..], 8)?
-    } else if body.starts_with(|c: char| ('1'..='9').contains(&c)) && digits_in(body, 10) {
-        parse_radix(body, 10)?
-    } else if body.contains(':') && body.starts_with(|c: char| ('1'..='9').contains(&c)) {
-        // Sexagesimal: 190:20:30.
-        let mut parts = body.split(':');
-        let first = parts.next()?;
-        if !digits_in(first, 10) {
-            return None;
-        }
-        let mut total = parse_radix(first, 10)?;
-        for part in parts {
-            if part.is_empty() || part.len() > 2 || !part.chars().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            let n: i128 = part.parse().ok()?;
-            if n > 59 {
-                return None;
-            }
-            total = total * 60 + n;
-        }
-        total
-    } else {
-        return None;
-    };
-    Some(sign * magnitude)
-}
-
-/// `float` of YAML 1.1 (PyYAML requires a dot; `1e3` is a string there).
-fn parse_yaml11_float(s: &str) -> Option<f64> {
-    let (sign, body) = split_sign(s);
-    let sign = sign as f64;
-    match body {
-        ".inf" | ".Inf" | ".INF" => return Some(sign * f64::INFINITY),
-        ".nan" | ".NaN" | ".NAN" if sign > 0.0 && !s.starts_with('+') => return Some(f64::NAN),
-        _ => {}
-    }
-    let (mantissa, exponent) = match body.find(['e', 'E']) {
-        Some(i) => (&body[..i], Some(&body[i + 1..])),
-        None => (body, None),
-    };
-    if let Some(exp) = exponent {
-        let (_, digits) = exp.split_at(1.min(exp.len()));
-        let signed = exp.starts_with(['+', '-']);
-        if !signed || digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-    }
-    let (int_part, frac_part) = mantissa.split_once('.')?;
-    if !frac_part.chars().all(|c| c.is_ascii_digit() || c == '_') {
-        return None;
-    }
-    if int_part.is_empty() {
-        if frac_part.is_empty() || exponent.is_some() && frac_part.is_empty() {
-            return None;
-        }
-    } else if int_part.contains(':') {
-        if exponent.is_some() {
-            return None;
-        }
-        let whole = parse_yaml11_int(int_part)? as f64;
-        let frac: String = frac_part.chars().filter(|&c| c != '_').collect();
-        let frac: f64 = format!("0.{frac}").parse().ok()?;
-        return Some(sign * (whole + frac));
-    } else if !int_part.starts_with(|c: char| c.is_ascii_digit())
-        || !int_part.chars().all(|c| c.is_ascii_digit() || c == '_')
-    {
-        return None;
-    }
-    let cleaned: String = body.chars().filter(|&c| c != '_').collect();
-    let cleaned = if cleaned.ends_with('.') {
-        format!("{cleaned}0")
-    } else {
-        cleaned
-    };
-    cleaned.parse::<f64>().ok().map(|f| sign * f)
-}
-
-/// `timestamp` of YAML 1.1: 2001-12-14, or with a time part.
-fn is_yaml11_timestamp(s: &str) -> bool {
-    let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
-    if b.len() < 8 || !digits(0..4) || b[4] != b'-' {
-        return false;
-    }
-    // Date only: YYYY-MM-DD exactly.
-    if b.len() == 10 {
-        return digits(5..7) && b[7] == b'-' && digits(8..10);
-    }
-    // With time: YYYY-M(M)-D(D)(T|t|space)...; PyYAML accepts one-digit
-    // month and day there. A rough check is enough: we never compute dates.
-    let rest = &s[5..];
-    let mut parts = rest.splitn(2, '-');
-    let month = parts.next().unwrap_or("");
-    let day_and_time = parts.next().unwrap_or("");
-    let day: String = day_and_time
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    let after = &day_and_time[day.len()..];
-    (1..=2).contains(&month.len())
-        && month.chars().all(|c| c.is_ascii_digit())
-        && (1..=2).contains(&day.len())
-        && after.starts_with(['T', 't', ' ', '\t'])
-        && after[1..]
-            .trim_start()
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit())
-        && after.contains(':')
+    let tag = yaml::resolve::implicit_tag(s);
+    yaml::resolve::construct_scalar(tag, s).unwrap_or_else(|_| Value::Str(s.to_string()))
 }
 
 /// Byte range `start..end` of a node's text. For scalars `end` is the end of
@@ -620,38 +477,40 @@ impl Node {
 }
 
 /// The meaning of a mapping's entries, as PyYAML's `flatten_mapping` and
-/// `construct_mapping` build it: merged keys (`<<: *x` or `<<: [*x, *y]`)
-/// come first, the first source that has a key gives it; explicit keys win
-/// over merged ones; a duplicated key keeps its first position and its last
-/// value. Every key costs one unit of `work`.
+/// `construct_mapping` build it: the entries merged by `<<` keys come first,
+/// in the order of the `<<` keys (a list `<<: [*x, *y]` contributes its
+/// mappings last to first), then the explicit entries; the dict is filled in
+/// that order, a later entry replacing an earlier one's value and keeping
+/// its position. So within one list the first mapping that has a key gives
+/// it, a later `<<` key wins over an earlier one, and explicit keys win over
+/// merged ones. Every key costs one unit of `work`.
 fn mapping_value(entries: &[(Node, Node)], work: &mut Work) -> Result<Value, String> {
-    let mut merged: Vec<(Value, Value)> = Vec::new();
-    let mut merged_index = KeyIndex::default();
-    let mut explicit: Vec<(Value, Value)> = Vec::new();
-    let mut explicit_index = KeyIndex::default();
+    let mut merged: Vec<&Value> = Vec::new();
     for (k, v) in entries {
         if k.is_merge_key() {
-            let sources = match &v.value {
-                Value::Seq(items) => items.iter().collect(),
-                other => vec![other],
-            };
-            for source in sources {
-                if let Value::Map(m) = source {
-                    work.spend(m.len())?;
-                    for (mk, mv) in m.iter() {
-                        merged_index.insert_if_absent(&mut merged, mk.clone(), mv.clone());
-                    }
-                }
+            match &v.value {
+                Value::Seq(items) => merged.extend(items.iter().rev()),
+                other => merged.push(other),
             }
-        } else {
-            work.spend(1)?;
-            explicit_index.insert(&mut explicit, k.value.clone(), v.value.clone());
         }
     }
-    for (k, v) in explicit {
-        merged_index.insert(&mut merged, k, v);
+    let mut map: Vec<(Value, Value)> = Vec::new();
+    let mut index = KeyIndex::default();
+    for source in merged {
+        if let Value::Map(m) = source {
+            work.spend(m.len())?;
+            for (mk, mv) in m.iter() {
+                index.insert(&mut map, mk.clone(), mv.clone());
+            }
+        }
     }
-    Ok(Value::map(merged))
+    for (k, v) in entries {
+        if !k.is_merge_key() {
+            work.spend(1)?;
+            index.insert(&mut map, k.value.clone(), v.value.clone());
+        }
+    }
+    Ok(Value::map(map))
 }
 
 /// A budget on the work aliases and merge keys can cause: copying merged
@@ -694,10 +553,29 @@ impl Document {
     }
 }
 
+/// What a [`ParseError`] means for the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseErrorKind {
+    /// PyYAML's `safe_load` raises an error cloud-init catches, or the top
+    /// level is not a mapping: cloud-init logs it and reads the file as
+    /// empty.
+    IgnoredByCloudInit,
+    /// PyYAML raises an exception cloud-init does not catch: cloud-init
+    /// fails on this file.
+    CloudInitFails,
+    /// Valid for cloud-init, but not something prepare-image works on: a
+    /// Jinja template, a recursive alias, a `!!set`, `!!binary` data.
+    Unsupported,
+    /// Beyond one of our bounds (size, nesting, alias work): cloud-init may
+    /// well read it, we decline to.
+    Bound,
+}
+
 /// Why a text is not a cloud.cfg we can work on. `line` and `column` are
 /// 1-based; they are absent where the problem is the whole file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
+    pub kind: ParseErrorKind,
     pub line: Option<usize>,
     pub column: Option<usize>,
     pub message: String,
@@ -717,21 +595,59 @@ impl std::error::Error for ParseError {}
 
 /// Said by every refusal that comes from one of our bounds rather than from
 /// YAML: cloud-init may well read such a file, we only decline to.
-const BEYOND_A_BOUND: &str = "beyond what prepare-image reads";
+const BEYOND_A_BOUND: &str = yaml::BEYOND_A_BOUND;
 
 impl ParseError {
     /// Whether the text was refused for exceeding one of our bounds (size,
     /// nesting, alias work), not for being invalid YAML.
     pub fn exceeds_a_bound(&self) -> bool {
-        self.message.contains(BEYOND_A_BOUND)
+        self.kind == ParseErrorKind::Bound
+    }
+
+    /// cloud-init reads this file as `{}` (its "Failed loading yaml blob"):
+    /// the file counts as absent in the effective configuration.
+    pub fn is_ignored_by_cloud_init(&self) -> bool {
+        self.kind == ParseErrorKind::IgnoredByCloudInit
+    }
+}
+
+impl From<YamlError> for ParseError {
+    fn from(e: YamlError) -> ParseError {
+        let (kind, message) = match e.kind {
+            ErrorKind::Refused => (
+                ParseErrorKind::IgnoredByCloudInit,
+                format!("cloud-init ignores this file (PyYAML: {})", e.message),
+            ),
+            ErrorKind::Crashes => (
+                ParseErrorKind::CloudInitFails,
+                format!("cloud-init fails on this file (PyYAML: {})", e.message),
+            ),
+            ErrorKind::Unsupported => (ParseErrorKind::Unsupported, e.message),
+            ErrorKind::Bound => (ParseErrorKind::Bound, e.message),
+        };
+        ParseError {
+            kind,
+            line: Some(e.line),
+            column: Some(e.column),
+            message,
+        }
     }
 }
 
 fn error_at(line: usize, col0: usize, message: impl Into<String>) -> ParseError {
     ParseError {
+        kind: ParseErrorKind::IgnoredByCloudInit,
         line: Some(line),
         column: Some(col0 + 1),
         message: message.into(),
+    }
+}
+
+/// A refusal from one of our bounds.
+fn bound_at(line: usize, col0: usize, message: impl Into<String>) -> ParseError {
+    ParseError {
+        kind: ParseErrorKind::Bound,
+        ..error_at(line, col0, message)
     }
 }
 
@@ -749,12 +665,35 @@ pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
 /// bounded by the same depth.
 pub const MAX_NESTING: usize = 128;
 
+/// cloud-init's `templater.detect_template`: the first line (up to `\n`)
+/// matches `##\s*template:(.*)` (any case) and the rest, lowercased and
+/// stripped, is `jinja`.
+fn is_jinja_template(text: &str) -> bool {
+    let first = text.split('\n').next().unwrap_or("");
+    let Some(rest) = first.strip_prefix("##") else {
+        return false;
+    };
+    let rest = rest.trim_start_matches(is_python_space);
+    let Some(head) = rest.get(..9) else {
+        return false;
+    };
+    head.eq_ignore_ascii_case("template:")
+        && rest[9..].trim_matches(is_python_space).to_lowercase() == "jinja"
+}
+
+/// Python's `str.isspace`, which `\s` and `strip()` use.
+fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
 /// Parses a cloud.cfg text. Refuses what cloud-init would not read as a
-/// configuration: Jinja templates, invalid YAML, several documents, and a
-/// top level that is not a mapping.
+/// configuration: Jinja templates, invalid YAML (exactly what PyYAML's
+/// `safe_load` refuses), several documents, and a top level that is not a
+/// mapping; and what is beyond our bounds.
 pub fn parse(text: &str) -> Result<Document, ParseError> {
     if text.len() > MAX_DOCUMENT_BYTES {
         return Err(ParseError {
+            kind: ParseErrorKind::Bound,
             line: None,
             column: None,
             message: format!(
@@ -765,18 +704,20 @@ pub fn parse(text: &str) -> Result<Document, ParseError> {
             ),
         });
     }
-    if let Some(first) = text.lines().next()
-        && first.trim_end().eq_ignore_ascii_case("## template:jinja")
-    {
+    if is_jinja_template(text) {
         return Err(ParseError {
+            kind: ParseErrorKind::Unsupported,
             line: Some(1),
             column: Some(1),
-            message: "this is a Jinja template (`## template:jinja`), not a cloud.cfg: \
+            message: "this is a Jinja template (`## template: jinja`), not a cloud.cfg: \
                       edit the rendered /etc/cloud/cloud.cfg, or render the template first"
                 .to_string(),
         });
     }
-    let mut doc = Loader::new(text).load()?;
+    // PyYAML's verdict first: after it, the event stream below is known to
+    // be one PyYAML reads.
+    yaml::check(text)?;
+    let mut doc = Loader::new(text)?.load()?;
     // `---` with nothing after it (or only comments) is an empty document:
     // PyYAML loads None, which cloud-init reads as an empty configuration.
     if let Some(Node {
@@ -795,6 +736,12 @@ pub fn parse(text: &str) -> Result<Document, ParseError> {
     {
         let what = match root.kind {
             NodeKind::Seq { .. } => "a list",
+            // `~`, `null`, or an anchor or tag alone: PyYAML loads None,
+            // which cloud-init reads as an empty configuration, the same as
+            // a file it ignores; there is no mapping to edit.
+            NodeKind::Scalar {
+                value: Value::Null, ..
+            } => "a null value (read as empty)",
             _ => "a single value",
         };
         return Err(error_at(
@@ -810,12 +757,9 @@ pub fn parse(text: &str) -> Result<Document, ParseError> {
 
 struct Loader<'a> {
     text: &'a str,
-    parser: Parser<'a, saphyr_parser::StrInput<'a>>,
-    /// Byte offset of each char index (plus one past the end), because the
-    /// parser's markers count characters.
-    byte_of_char: Vec<usize>,
+    parser: yaml::Parser,
     /// Each anchor's node as an alias shows it (marked `from_alias`).
-    anchors: Vec<Option<Node>>,
+    anchors: HashMap<String, Node>,
     /// Marked copies of anchored children, by the address of the children's
     /// `Rc`, so that marking nested anchors copies each node once.
     marked: HashMap<usize, Node>,
@@ -824,41 +768,25 @@ struct Loader<'a> {
     work: Work,
 }
 
-type Marker = saphyr_parser::Marker;
-
 impl<'a> Loader<'a> {
-    fn new(text: &'a str) -> Self {
-        let mut byte_of_char: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
-        byte_of_char.push(text.len());
-        Loader {
+    fn new(text: &'a str) -> Result<Self, ParseError> {
+        Ok(Loader {
             text,
-            parser: Parser::new_from_str(text),
-            byte_of_char,
-            anchors: Vec::new(),
+            parser: yaml::Parser::new(text)?,
+            anchors: HashMap::new(),
             marked: HashMap::new(),
             open_collections: 0,
             work: Work {
                 left: ALIAS_WORK_LIMIT,
             },
-        }
+        })
     }
 
-    fn byte(&self, m: &Marker) -> usize {
-        self.byte_of_char
-            .get(m.index())
-            .copied()
-            .unwrap_or(self.text.len())
-    }
-
-    fn next(&mut self) -> Result<(Event<'a>, saphyr_parser::Span), ParseError> {
-        match self.parser.next_event() {
-            Some(Ok(ev)) => Ok(ev),
-            Some(Err(e)) => Err(error_at(
-                e.marker().line(),
-                e.marker().col(),
-                e.info().to_string(),
-            )),
+    fn next(&mut self) -> Result<Event, ParseError> {
+        match self.parser.next_event()? {
+            Some(ev) => Ok(ev),
             None => Err(ParseError {
+                kind: ParseErrorKind::IgnoredByCloudInit,
                 line: None,
                 column: None,
                 message: "unexpected end of YAML".to_string(),
@@ -868,48 +796,51 @@ impl<'a> Loader<'a> {
 
     fn load(mut self) -> Result<Document, ParseError> {
         let mut root = None;
-        let mut documents = 0;
         loop {
-            let (event, span) = self.next()?;
-            match event {
-                Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
-                Event::StreamEnd => break,
-                Event::DocumentStart(_) => {
-                    documents += 1;
-                    if documents > 1 {
-                        return Err(error_at(
-                            span.start.line(),
-                            span.start.col(),
-                            "a second YAML document starts here; cloud-init reads a cloud.cfg as exactly one document",
-                        ));
-                    }
-                }
-                other => {
-                    root = Some(self.node(other, span)?);
-                }
+            let event = self.next()?;
+            match event.kind {
+                EventKind::StreamStart
+                | EventKind::DocumentStart { .. }
+                | EventKind::DocumentEnd { .. } => {}
+                EventKind::StreamEnd => break,
+                _ => root = Some(self.node(event)?),
             }
         }
         Ok(Document { root })
     }
 
-    fn node(&mut self, event: Event<'a>, span: saphyr_parser::Span) -> Result<Node, ParseError> {
-        let start = self.byte(&span.start);
-        let line = span.start.line();
-        match event {
-            Event::Scalar(text, style, anchor, tag) => {
-                let end = self.byte(&span.end).max(start);
-                // The parser's span may run over trailing blanks; our spans end
-                // at the scalar's last character.
-                let trimmed = self.text[start..end].trim_end_matches([' ', '\t', '\r', '\n']);
-                let value = resolve_scalar(&text, style, tag.as_deref())
-                    .map_err(|m| error_at(line, span.start.col(), m))?;
+    fn node(&mut self, event: Event) -> Result<Node, ParseError> {
+        // PyYAML's marks: a block sequence starts at its first `-` (also an
+        // indentless one), a block mapping at its first key, a node with an
+        // anchor or tag at the anchor or tag.
+        let start = event.start.byte;
+        let line = event.start.line + 1;
+        let col0 = event.start.column;
+        match event.kind {
+            EventKind::Scalar {
+                anchor,
+                tag,
+                plain_implicit,
+                value: text,
+                style,
+            } => {
+                let end = event.end.byte.max(start);
+                // A block scalar's end mark is past its trailing line
+                // breaks; our spans end at the scalar's last character.
+                let trimmed = self.text[start..end]
+                    .trim_end_matches([' ', '\t', '\r', '\n', '\u{85}', '\u{2028}', '\u{2029}']);
+                let tag = yaml::resolve::scalar_tag(tag.as_deref(), plain_implicit, &text);
+                // yaml::check has accepted every scalar; a tag it lets
+                // through without a value of ours (merge, `=`) reads as text.
+                let value = yaml::resolve::construct_scalar(tag, &text)
+                    .unwrap_or_else(|_| Value::Str(text.clone()));
                 let node = Node {
                     kind: NodeKind::Scalar {
                         value: value.clone(),
                         style: match style {
                             ScalarStyle::Plain => Style::Plain,
                             ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => Style::Quoted,
-                            _ => Style::Block,
+                            ScalarStyle::Literal | ScalarStyle::Folded => Style::Block,
                         },
                     },
                     span: Span {
@@ -924,29 +855,21 @@ impl<'a> Loader<'a> {
                 self.remember(anchor, &node);
                 Ok(node)
             }
-            Event::SequenceStart(anchor, tag) => {
-                check_collection_tag(tag.as_deref(), "seq")
-                    .map_err(|m| error_at(line, span.start.col(), m))?;
-                // A flow sequence's event spans its `[` (and any anchor or
-                // tag before it); a block sequence's spans no `[`. Testing the
-                // text at `start` is not enough: an indentless sequence whose
-                // first entry is `[a, b]` is reported to start there too.
-                let token_end = self.byte(&span.end).max(start);
-                let flow = self.text[start..token_end].contains('[');
-                self.open_collection(line, span.start.col())?;
+            EventKind::SequenceStart { anchor, flow, .. } => {
+                self.open_collection(line, col0)?;
                 let mut items = Vec::new();
                 let end;
                 loop {
-                    let (ev, sp) = self.next()?;
-                    if let Event::SequenceEnd = ev {
+                    let ev = self.next()?;
+                    if let EventKind::SequenceEnd = ev.kind {
                         end = if flow {
-                            self.byte(&sp.start) + 1
+                            ev.end.byte
                         } else {
                             content_end(start, items.iter())
                         };
                         break;
                     }
-                    items.push(self.node(ev, sp)?);
+                    items.push(self.node(ev)?);
                 }
                 self.open_collections -= 1;
                 let value = Value::seq(items.iter().map(|n| n.value.clone()).collect());
@@ -965,41 +888,36 @@ impl<'a> Loader<'a> {
                 self.remember(anchor, &node);
                 Ok(node)
             }
-            Event::MappingStart(anchor, tag) => {
-                check_collection_tag(tag.as_deref(), "map")
-                    .map_err(|m| error_at(line, span.start.col(), m))?;
-                let flow = self.text[start..].starts_with('{');
-                self.open_collection(line, span.start.col())?;
+            EventKind::MappingStart { anchor, flow, .. } => {
+                self.open_collection(line, col0)?;
                 let mut entries: Vec<(Node, Node)> = Vec::new();
                 let end;
                 loop {
-                    let (ev, sp) = self.next()?;
-                    if let Event::MappingEnd = ev {
+                    let ev = self.next()?;
+                    if let EventKind::MappingEnd = ev.kind {
                         end = if flow {
-                            self.byte(&sp.start) + 1
+                            ev.end.byte
                         } else {
                             content_end(start, entries.iter().flat_map(|(k, v)| [k, v]))
                         };
                         break;
                     }
-                    let key = self.node(ev, sp)?;
+                    let key_column = ev.start.column;
+                    let key = self.node(ev)?;
                     if !matches!(key.kind, NodeKind::Scalar { .. }) {
                         return Err(error_at(
                             key.line,
-                            sp.start.col(),
+                            key_column,
                             "a list or mapping used as a key; cloud-init (PyYAML) cannot read that",
                         ));
                     }
-                    let (vev, vsp) = self.next()?;
-                    let mut value = self.node(vev, vsp)?;
-                    if let NodeKind::Seq { flow: false, .. } = value.kind {
-                        value.span.start = indentless_sequence_dash(self.text, value.span.start);
-                    }
+                    let vev = self.next()?;
+                    let value = self.node(vev)?;
                     entries.push((key, value));
                 }
                 self.open_collections -= 1;
-                let value = mapping_value(&entries, &mut self.work)
-                    .map_err(|m| error_at(line, span.start.col(), m))?;
+                let value =
+                    mapping_value(&entries, &mut self.work).map_err(|m| bound_at(line, col0, m))?;
                 let depth = 1 + entries.iter().map(|(_, v)| v.depth).max().unwrap_or(0);
                 let node = Node {
                     kind: NodeKind::Map {
@@ -1015,45 +933,50 @@ impl<'a> Loader<'a> {
                 self.remember(anchor, &node);
                 Ok(node)
             }
-            Event::Alias(id) => match self.anchors.get(id).cloned().flatten() {
+            EventKind::Alias { anchor } => match self.anchors.get(&anchor).cloned() {
                 Some(node) => {
                     // Collections are shared; a scalar's text is copied.
                     let cost = match &node.value {
                         Value::Str(s) | Value::Timestamp(s) => 1 + s.len(),
                         _ => 1,
                     };
-                    self.work
-                        .spend(cost)
-                        .map_err(|m| error_at(line, span.start.col(), m))?;
+                    self.work.spend(cost).map_err(|m| bound_at(line, col0, m))?;
                     if self.open_collections + node.depth > MAX_NESTING {
-                        return Err(self.too_deep(line, span.start.col()));
+                        return Err(self.too_deep(line, col0));
                     }
                     Ok(node)
                 }
-                None => Err(error_at(
+                // An alias to a collection still open: yaml::check lets that
+                // through only where it is merged into itself, which adds
+                // nothing the collection does not already say.
+                None => Ok(Node {
+                    kind: NodeKind::Map {
+                        entries: Rc::new(Vec::new()),
+                        flow: true,
+                    },
+                    span: Span {
+                        start,
+                        end: event.end.byte,
+                    },
                     line,
-                    span.start.col(),
-                    "an alias to an unknown anchor",
-                )),
+                    from_alias: true,
+                    value: Value::map(Vec::new()),
+                    depth: 1,
+                }),
             },
             other => Err(error_at(
                 line,
-                span.start.col(),
+                col0,
                 format!("unexpected YAML event {other:?}"),
             )),
         }
     }
 
-    fn remember(&mut self, anchor: usize, node: &Node) {
-        // saphyr numbers anchors from 1; 0 means "no anchor".
-        if anchor == 0 {
-            return;
+    fn remember(&mut self, anchor: Option<String>, node: &Node) {
+        if let Some(anchor) = anchor {
+            let marked = self.marked_copy(node);
+            self.anchors.insert(anchor, marked);
         }
-        if self.anchors.len() <= anchor {
-            self.anchors.resize(anchor + 1, None);
-        }
-        let marked = self.marked_copy(node);
-        self.anchors[anchor] = Some(marked);
     }
 
     /// `node` as seen through an alias: itself and every node inside marked
@@ -1112,7 +1035,7 @@ impl<'a> Loader<'a> {
     }
 
     fn too_deep(&self, line: usize, col0: usize) -> ParseError {
-        error_at(
+        bound_at(
             line,
             col0,
             format!(
@@ -1124,29 +1047,6 @@ impl<'a> Loader<'a> {
     }
 }
 
-/// The `-` that starts a block sequence. For an indentless sequence (`key:`
-/// then `- a` at the key's own indentation, as PyYAML writes lists) the
-/// parser reports the start after the first `- ` (at the entry, or at the end
-/// of the line when the entry starts on the next one); step back to the `-`
-/// so that the sequence's span, like any other, starts at its first dash.
-/// A block sequence that is not indentless starts at its `-` with only
-/// blanks before it on the line, and is left as it is.
-fn indentless_sequence_dash(text: &str, start: usize) -> usize {
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let prefix = &text[line_start..start];
-    let indent = prefix.len() - prefix.trim_start_matches(' ').len();
-    let Some(after) = prefix[indent..].strip_prefix('-') else {
-        return start;
-    };
-    let rest = after.trim_start_matches([' ', '\t', '\r']);
-    let separated = after.is_empty() || after.starts_with([' ', '\t', '\r']);
-    if separated && (rest.is_empty() || rest.starts_with('#')) {
-        line_start + indent
-    } else {
-        start
-    }
-}
-
 /// The end of a block collection: the end of its last non-empty child.
 fn content_end<'n>(start: usize, children: impl Iterator<Item = &'n Node>) -> usize {
     children
@@ -1155,59 +1055,6 @@ fn content_end<'n>(start: usize, children: impl Iterator<Item = &'n Node>) -> us
         .max()
         .unwrap_or(start)
         .max(start)
-}
-
-fn is_core(tag: &Tag) -> bool {
-    tag.handle == "tag:yaml.org,2002:" || tag.handle == "!!"
-}
-
-fn check_collection_tag(tag: Option<&Tag>, expected: &str) -> Result<(), String> {
-    match tag {
-        None => Ok(()),
-        Some(t)
-            if is_core(t)
-                && (t.suffix == expected || (expected == "map" && t.suffix == "omap")) =>
-        {
-            Ok(())
-        }
-        Some(t) => Err(format!(
-            "the tag {}{} has no meaning for cloud-init's YAML loader (PyYAML safe_load refuses it)",
-            t.handle, t.suffix
-        )),
-    }
-}
-
-fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> Result<Value, String> {
-    match tag {
-        None => Ok(if style == ScalarStyle::Plain {
-            resolve_plain(text)
-        } else {
-            Value::Str(text.to_string())
-        }),
-        Some(t) if is_core(t) => {
-            let want = t.suffix.as_str();
-            let resolved = resolve_plain(text);
-            let ok = match (want, &resolved) {
-                ("str", _) => return Ok(Value::Str(text.to_string())),
-                ("null", Value::Null)
-                | ("bool", Value::Bool(_))
-                | ("int", Value::Int(_))
-                | ("float", Value::Float(_))
-                | ("timestamp", Value::Timestamp(_)) => true,
-                ("float", Value::Int(i)) => return Ok(Value::Float(*i as f64)),
-                _ => false,
-            };
-            if ok {
-                Ok(resolved)
-            } else {
-                Err(format!("'{text}' is not a valid !!{want}"))
-            }
-        }
-        Some(t) => Err(format!(
-            "the tag {}{} has no meaning for cloud-init's YAML loader (PyYAML safe_load refuses it)",
-            t.handle, t.suffix
-        )),
-    }
 }
 
 #[cfg(test)]

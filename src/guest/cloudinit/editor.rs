@@ -452,7 +452,7 @@ impl Context<'_> {
                 add_if_missing,
             } => match root {
                 Some(root) => self.set_in_map(root, path, value, *add_if_missing, true),
-                None if *add_if_missing => Some(Ok(self.append_top_level(path, value))),
+                None if *add_if_missing => Some(Ok(self.append_top_level(None, path, value))),
                 None => None,
             },
             Edit::RemoveModule { module } => {
@@ -775,7 +775,7 @@ impl Context<'_> {
                 flow: true,
                 entries,
             } => Ok(self.insert_into_flow_map(map, entries.is_empty(), first, &new)),
-            _ if top_level => Ok(self.append_top_level(path, wanted)),
+            _ if top_level => Ok(self.append_top_level(Some(map), path, wanted)),
             NodeKind::Map { entries, .. } => self.insert_into_block_map(&entries[0].0, first, &new),
             _ => return None,
         };
@@ -954,34 +954,73 @@ impl Context<'_> {
     /// one with nothing but blank and comment lines after it.
     fn document_end_marker(&self) -> Option<usize> {
         let mut offset = self.text.len();
+        let mut marker = None;
         for line in self.text.split_inclusive('\n').rev() {
             offset -= line.len();
-            let content = line.trim_end();
-            // `...` in column 0, then nothing but blanks and a comment
-            // (`... # end`), as PyYAML's scanner takes a document end.
-            if let Some(after) = content.strip_prefix("...")
-                && (after.is_empty() || after.starts_with([' ', '\t']))
-                && after
-                    .trim_start_matches([' ', '\t'])
-                    .chars()
-                    .next()
-                    .is_none_or(|c| c == '#')
-            {
-                return Some(offset);
+            if is_document_end_line(line) {
+                // Several `...` lines may end the document; the key goes
+                // before the first.
+                marker = Some(offset);
+                continue;
             }
-            if !(content.is_empty() || content.trim_start().starts_with('#')) {
-                return None;
+            let content = line.trim();
+            if !(content.is_empty() || content.starts_with('#')) {
+                break;
             }
         }
-        None
+        marker
     }
 
-    fn append_top_level(&self, path: &[String], wanted: &Value) -> Planned {
+    /// Where a new top-level key goes when the text ends, without a line
+    /// break, inside a `|` or `>` block scalar: before the last top-level
+    /// entry. After it, the scalar would gain the line break it lacks
+    /// (PyYAML reads `key: |` + `  text` at the end of the file as "text",
+    /// and as "text\n" once anything follows).
+    fn before_final_block_scalar(&self, root: Option<&Node>) -> Option<usize> {
+        if self.text.ends_with(['\n', '\r']) {
+            return None;
+        }
+        let NodeKind::Map {
+            entries,
+            flow: false,
+        } = &root?.kind
+        else {
+            return None;
+        };
+        let (last_key, last_value) = entries.last()?;
+        let mut leaf = last_value;
+        loop {
+            match &leaf.kind {
+                NodeKind::Scalar {
+                    style: Style::Block,
+                    ..
+                } => break,
+                NodeKind::Map {
+                    entries,
+                    flow: false,
+                } => leaf = &entries.last()?.1,
+                NodeKind::Seq { items, flow: false } => leaf = items.last()?,
+                _ => return None,
+            }
+        }
+        let line_start = self.text[..last_key.span.start]
+            .rfind(['\n', '\r'])
+            .map_or(0, |i| i + 1);
+        self.text[line_start..last_key.span.start]
+            .trim()
+            .is_empty()
+            .then_some(line_start)
+    }
+
+    fn append_top_level(&self, root: Option<&Node>, path: &[String], wanted: &Value) -> Planned {
         let (first, rest) = path.split_first().expect("paths are never empty");
         let entry = format!("{first}: {}", nested_value(rest, wanted));
-        if let Some(at) = self.document_end_marker() {
-            // After `...` a key would start a second document, which
-            // cloud-init cannot load: the key goes before the marker.
+        // After `...` a key would start a second document, which cloud-init
+        // cannot load: the key goes before the marker.
+        if let Some(at) = self
+            .before_final_block_scalar(root)
+            .or_else(|| self.document_end_marker())
+        {
             return Planned {
                 parts: vec![Part {
                     start: at,
@@ -1007,6 +1046,14 @@ impl Context<'_> {
             what: format!("added {entry}"),
         }
     }
+}
+
+/// A `...` document end marker line, as PyYAML's scanner finds one: in
+/// column 0, followed by a blank or the end, then only spaces and a comment
+/// (anything else would not be a valid document, which we never edit).
+fn is_document_end_line(line: &str) -> bool {
+    line.strip_prefix("...")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow};
 
 use crate::access::root::{AccessError, AccessErrorKind, Root};
-use crate::guest::cloudinit::document::{self, Document, Node, NodeKind, ParseError, Value};
+use crate::guest::cloudinit::document::{
+    self, Document, Node, NodeKind, ParseError, ParseErrorKind, Value,
+};
 use crate::guest::cloudinit::editor::{self, Edit, entry_module_name, is_module_list_key};
 use crate::guest::cloudinit::merge_key::{self, Found};
 use crate::guest::cloudinit::mergers::{
@@ -349,6 +351,7 @@ fn read_config_text(text: &str) -> Result<(Document, Option<Ignored>), ParseErro
             // `read_conf` reads the text as it is.
         } else if kind == "jinja" {
             return Err(ParseError {
+                kind: ParseErrorKind::Unsupported,
                 line: Some(1),
                 column: Some(1),
                 message: "this is a Jinja template (`## template: jinja`): cloud-init renders it with \
@@ -358,6 +361,7 @@ fn read_config_text(text: &str) -> Result<(Document, Option<Ignored>), ParseErro
             });
         } else {
             return Err(ParseError {
+                kind: ParseErrorKind::CloudInitFails,
                 line: Some(1),
                 column: Some(1),
                 message: format!(
@@ -414,11 +418,7 @@ fn template_kind(text: &str) -> Option<String> {
 /// caught by `load_yaml`; only our own limits on size and depth are not
 /// PyYAML's verdict, and refuse.
 fn cloud_init_ignores(e: &ParseError) -> bool {
-    // saphyr-parser's own nesting limit is a bound too (and PyYAML, deep
-    // enough, raises a RecursionError that cloud-init does not catch).
-    !e.message.contains("Jinja")
-        && !e.exceeds_a_bound()
-        && !e.message.contains("recursion limit exceeded")
+    e.is_ignored_by_cloud_init()
 }
 
 /// `read_conf_with_confd`'s merge: the drop-ins from the last read down,

@@ -11,3 +11,4 @@ pub mod merge_key;
 pub mod mergers;
 pub mod plan;
 pub mod profile;
+pub mod yaml;
