@@ -466,13 +466,23 @@ fn keep(
         .and_then(|()| match &cleaned {
             Some(report) => {
                 let root = describe(&target).path.display().to_string();
-                clean::report_after_keep(out, err, cli.output.format, &root, report, mode != Mode::Apply, &keep_json)
+                clean::report_after_keep(
+                    out,
+                    err,
+                    cli.output.format,
+                    &root,
+                    report,
+                    mode != Mode::Apply,
+                    &keep_json,
+                )
             }
             None => Ok(()),
         });
         let clean_pending = cleaned.as_ref().is_some_and(|r| !r.is_empty());
         match reported {
-            Err(e) if (written || (mode == Mode::Apply && clean_pending)) && !is_broken_pipe(&e) => {
+            Err(e)
+                if (written || (mode == Mode::Apply && clean_pending)) && !is_broken_pipe(&e) =>
+            {
                 return Err(anyhow!(AfterWrite(format!(
                     "{e:#}; the files WERE written: {}",
                     changed_paths(&plan, clean_pending)

@@ -30,7 +30,13 @@ pub(super) fn run(
     // alone changes the image file); a refusal comes from the read-only look.
     let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
     let open = |writable: bool, partition: Option<u32>| {
-        Target::open_with_root_marker(&args.target, writable, partition, args.allow_backing, super::doctor::OS_RELEASE)
+        Target::open_with_root_marker(
+            &args.target,
+            writable,
+            partition,
+            args.allow_backing,
+            super::doctor::OS_RELEASE,
+        )
     };
     let first = open(!args.dry_run && !is_image, args.partition)?;
     let target = if is_image && !args.dry_run {
@@ -92,7 +98,11 @@ pub(super) fn after_keep(
     options: Options,
     dry_run: bool,
 ) -> Result<Report> {
-    clean::clean(root, Options { dry_run, ..options }, Some(&plan.config_after))
+    clean::clean(
+        root,
+        Options { dry_run, ..options },
+        Some(&plan.config_after),
+    )
 }
 
 /// Reports the clean of a keep run: in text on stderr (stdout carries only

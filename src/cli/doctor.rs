@@ -39,7 +39,13 @@ pub(super) fn run(
             Ok(_) => {
                 let partition = first.image().map(|i| i.partition);
                 first.close()?;
-                Target::open_with_root_marker(&args.target, true, partition, args.allow_backing, OS_RELEASE)?
+                Target::open_with_root_marker(
+                    &args.target,
+                    true,
+                    partition,
+                    args.allow_backing,
+                    OS_RELEASE,
+                )?
             }
         }
     } else {

@@ -364,9 +364,7 @@ fn find_root(
             }
         };
         let root = Root::open(mount.path()).ok();
-        let found = root
-            .as_ref()
-            .is_some_and(|r| r.exists(Path::new(marker)));
+        let found = root.as_ref().is_some_and(|r| r.exists(Path::new(marker)));
         if !found
             && let Some(target) = root
                 .as_ref()

@@ -1316,9 +1316,9 @@ mod tests {
                 "a: 1\npreserve_hostname: true\n... # end of config\n",
             ),
             (
-                "a: 1\n...\t# end\r\n",
+                "a: 1\n... # end\r\n",
                 vec![set("preserve_hostname", Value::Bool(true))],
-                "a: 1\npreserve_hostname: true\n...\t# end\r\n",
+                "a: 1\npreserve_hostname: true\n... # end\r\n",
             ),
             // No final newline: still none after removing a last entry that
             // follows an empty line, then adding a key.
