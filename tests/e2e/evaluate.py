@@ -491,14 +491,14 @@ def main() -> int:
 def print_doctor_table(paths) -> int:
     rows = [json.loads(p.read_text()) for p in paths]
     rows = [r for r in rows if r.get("doctor")]
-    print(f"{'image':<16}{'doctor (errors)':<40}{'boot':<24}{'expected':<48}agree")
+    print(f"{'image':<16}{'doctor (errors)':<40}{'boot':<24}{'expected':<56}agree")
     disagree = 0
     for r in rows:
         d = r["doctor"]
         want_error, want_outcome = DOCTOR_ROWS[r["boot"]]
         expected = f"{want_error or 'no error'} / {want_outcome}"
         disagree += not d["agree"]
-        print(f"{r['boot']:<16}{d['verdict']:<40}{d['outcome']:<24}{expected:<48}"
+        print(f"{r['boot']:<16}{d['verdict']:<40}{d['outcome']:<24}{expected:<56}"
               + ("yes" if d["agree"] else "NO"))
     return 1 if disagree else 0
 
