@@ -125,6 +125,35 @@ EXPECT = {
     },
 }
 
+# The doctor proof (issue 9): one image per fault of the cloud's guide, booted
+# as it is and again after the fix doctor names. Each row: the error id
+# `prepare-image doctor` must report on the row's image (None: no error at
+# all) and the outcome its boot must have (`outcome()` below). A fixed image
+# must also meet every expectation of the control boot: the fix brings back
+# exactly what cloud-init does on a healthy image.
+DOCTOR_ROWS = {
+    "control": (None, "applied"),
+    "nopyyaml": ("python-dependency-missing", "did-not-start"),
+    "nopyyaml-fixed": (None, "applied"),
+    "shebang": ("entry-interpreter-without-cloud-init", "did-not-start"),
+    "shebang-fixed": (None, "applied"),
+    "disabled": ("cloud-init-disabled-file", "disabled"),
+    "disabled-fixed": (None, "applied"),
+    "masked": ("cloud-init-unit-masked", "network-stage-skipped"),
+    "masked-fixed": (None, "applied"),
+    "leftovers": ("previous-instance-state", "per-instance-skipped"),
+    "leftovers-fixed": (None, "applied"),
+}
+for _row, (_error, _outcome) in DOCTOR_ROWS.items():
+    if _row.endswith("-fixed"):
+        EXPECT[_row] = EXPECT["control"]
+    elif _row not in EXPECT:
+        # A broken image: its settings and effects are printed, and only its
+        # outcome and doctor's verdict are judged.
+        EXPECT[_row] = {"settings": {}, "effects": {}}
+
+STAGES = ["init-local", "init", "modules-config", "modules-final"]
+
 BEGIN = "===E2E-REPORT-BEGIN==="
 END = "===E2E-REPORT-END==="
 IMAGE_ADDRESS = "192.0.2.15/24"
@@ -301,6 +330,72 @@ def effects(r: dict, image_host_keys: str) -> dict:
     }
 
 
+def finished_stages(r: dict):
+    """The stages cloud-init finished, from its /run/cloud-init/status.json;
+    None when it never wrote one (it did not get as far as starting)."""
+    text = r["files"].get("/run/cloud-init/status.json")
+    if not text:
+        return None
+    v1 = json.loads(text).get("v1", {})
+    return [s for s in STAGES if isinstance(v1.get(s), dict) and v1[s].get("finished")]
+
+
+def outcome(r: dict, states: dict, eff: dict) -> tuple:
+    """What the boot shows about cloud-init, as one word and the facts behind it:
+    applied               every stage finished, status done, the cloud's hostname,
+                          password and keys applied and its first-boot script run
+    disabled              `cloud-init status` says disabled: no stage ran
+    did-not-start         no stage started (no status.json): cloud-init failed
+                          before doing anything
+    network-stage-skipped the network stage (cloud_init_modules: hostname,
+                          users, keys) never ran
+    per-instance-skipped  modules skipped as "already ran" for this instance
+    incomplete            anything else"""
+    status = eff["cloud-init status"]
+    done = finished_stages(r)
+    skipped = r.get("modules_already_ran", [])
+    facts = (
+        f"status {status}; stages finished: "
+        + ("(no status.json)" if done is None else ",".join(done) or "none")
+        + f"; hostname {states['hostname']}, passwords {states['passwords']}, keys {states['keys']}"
+        + f"; first-boot script {eff['first-boot script (scripts-user)']}"
+        + f"; {len(skipped)} module(s) already ran"
+    )
+    applied = (
+        done == STAGES and status == "done"
+        and all(states[s] == "overwritten" for s in ("hostname", "passwords", "keys"))
+        and eff["first-boot script (scripts-user)"] == "ran"
+    )
+    if applied and not skipped:
+        return "applied", facts
+    if status == "disabled":
+        return "disabled", facts
+    if done is None:
+        return "did-not-start", facts
+    if "init" not in done:
+        return "network-stage-skipped", facts
+    if skipped:
+        return "per-instance-skipped", facts
+    return "incomplete", facts
+
+
+def doctor_errors(doctor_json: pathlib.Path) -> list:
+    doc = json.loads(doctor_json.read_text())
+    return sorted({f["id"] for f in doc["findings"] if f["severity"] == "error"})
+
+
+def doctor_row(boot: str, errors: list, got: str) -> tuple:
+    """The row of the doctor x boot table and whether verdict and boot agree
+    with each other and with DOCTOR_ROWS."""
+    want_error, want_outcome = DOCTOR_ROWS[boot]
+    verdict = ",".join(errors) or "no error"
+    if want_error is None:
+        agree = not errors and got == "applied" == want_outcome
+    else:
+        agree = want_error in errors and got == want_outcome
+    return verdict, agree
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", nargs="+", type=pathlib.Path,
@@ -311,9 +406,15 @@ def main() -> int:
     ap.add_argument("--image-host-keys", type=pathlib.Path)
     ap.add_argument("--json-out", type=pathlib.Path)
     ap.add_argument("--summary-out", type=pathlib.Path)
+    ap.add_argument("--doctor-json", type=pathlib.Path,
+                    help="`prepare-image doctor --format json` on this boot's image")
+    ap.add_argument("--doctor-table", nargs="+", type=pathlib.Path,
+                    help="print the doctor x boot table of these --summary-out files; exit 1 on disagreement")
     a = ap.parse_args()
     if a.table:
         return table(a.table)
+    if a.doctor_table:
+        return print_doctor_table(a.doctor_table)
     if not (a.boot and a.guest and a.report and a.image_host_keys):
         ap.error("--boot, --guest, --report and --image-host-keys are required")
 
@@ -327,9 +428,9 @@ def main() -> int:
     states = {}
     for name, (state, detail) in settings(r, a.guest).items():
         states[name] = state
-        want = expect["settings"][name]
-        mark = "" if state == want else f"   <-- expected {want}"
-        if state != want:
+        want = expect["settings"].get(name)
+        mark = "" if want in (None, state) else f"   <-- expected {want}"
+        if want not in (None, state):
             bad.append(f"{name}: {state}, expected {want}")
         print(f"{name} {state}")
         print(f"    {detail}{mark}")
@@ -339,7 +440,8 @@ def main() -> int:
         print(f"  NOTE ({name} {states[name]}): {why}")
 
     print(f"-- boot {a.boot}: other effects")
-    for name, value in effects(r, a.image_host_keys.read_text()).items():
+    eff = effects(r, a.image_host_keys.read_text())
+    for name, value in eff.items():
         want = expect["effects"].get(name)
         mark = ""
         if want is not None and str(value) != str(want):
@@ -354,17 +456,51 @@ def main() -> int:
     for line in r["cloud_init_log"]:
         if "WARNING" in line or "ERROR" in line or "Traceback" in line:
             print(f"    log: {line[:220]}")
+    for line in r.get("modules_already_ran", [])[:5]:
+        print(f"    already ran: {line[:200]}")
+    for line in (r.get("cloud_init_journal") or "").splitlines()[-8:]:
+        print(f"    journal: {line[:200]}")
+    row = None
+    if a.boot in DOCTOR_ROWS:
+        got, facts = outcome(r, states, eff)
+        if not a.doctor_json:
+            ap.error(f"--doctor-json is required for boot {a.boot}")
+        errors_found = doctor_errors(a.doctor_json)
+        verdict, agree = doctor_row(a.boot, errors_found, got)
+        want_error, want_outcome = DOCTOR_ROWS[a.boot]
+        print(f"-- boot {a.boot}: doctor {verdict}; boot {got} ({facts})")
+        if not agree:
+            bad.append(
+                f"doctor x boot: doctor {verdict}, boot {got}; expected doctor "
+                f"{want_error or 'no error'}, boot {want_outcome}"
+            )
+        row = {"verdict": verdict, "outcome": got, "facts": facts, "agree": agree}
     if a.summary_out:
         status, errors = cloud_init_status(r)
         a.summary_out.write_text(json.dumps({
             "boot": a.boot, "settings": states, "status": status,
             "errors": [str(e) for e in errors], "ok": not bad,
-            "gaps": sorted(expect.get("gaps", {})),
+            "gaps": sorted(expect.get("gaps", {})), "doctor": row,
         }))
     if bad:
         print(f"-- boot {a.boot}: NOT AS EXPECTED: " + "; ".join(bad))
         return 1
     return 0
+
+
+def print_doctor_table(paths) -> int:
+    rows = [json.loads(p.read_text()) for p in paths]
+    rows = [r for r in rows if r.get("doctor")]
+    print(f"{'image':<16}{'doctor (errors)':<40}{'boot':<24}{'expected':<56}agree")
+    disagree = 0
+    for r in rows:
+        d = r["doctor"]
+        want_error, want_outcome = DOCTOR_ROWS[r["boot"]]
+        expected = f"{want_error or 'no error'} / {want_outcome}"
+        disagree += not d["agree"]
+        print(f"{r['boot']:<16}{d['verdict']:<40}{d['outcome']:<24}{expected:<56}"
+              + ("yes" if d["agree"] else "NO"))
+    return 1 if disagree else 0
 
 
 def table(paths) -> int:

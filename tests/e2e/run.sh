@@ -9,12 +9,19 @@
 #   boot rootuser   --keep all, on the image with Tencent's default user
 #                   (root) instead of Debian's: shows what the keys keep
 #                   really rests on (see EXPECT in evaluate.py)
+#   boot FAULT, FAULT-fixed
+#                   issue 9: an image with one fault of the cloud's guide
+#                   (nopyyaml, shebang, disabled, masked, leftovers), then
+#                   the same after the fix; `prepare-image doctor` is run on
+#                   each image first (read-only: its sha256 must not change),
+#                   and its verdict must agree with the boot (DOCTOR_ROWS in
+#                   evaluate.py)
 #
 # Everything else the boots show (cloud-init status, failing modules, host
 # keys, deferred write_files, ...) is reported and checked against EXPECT in
 # evaluate.py. See README.md beside this file.
 #
-# Needs root, debootstrap, qemu-system-x86_64, sfdisk, mkfs.ext4, mkfs.vfat,
+# Needs root, debootstrap, qemu-system-x86_64, sfdisk, mkfs.ext4, debugfs, mkfs.vfat,
 # mcopy, zstd, python3 (.ci/run installs them). Environment:
 #   XDG_CACHE_HOME        the rootfs tarball is cached under
 #                         ${XDG_CACHE_HOME:-$HOME/.cache}/prepare-image-e2e/
@@ -23,7 +30,9 @@
 #   E2E_ACCEL             kvm|tcg: skip the KVM probe
 #   E2E_BOOT_TIMEOUT      seconds before a boot is killed (default 420)
 #   E2E_KEEP_WORK=1       keep the work directory (images, logs) afterwards
-#   E2E_BOOTS             space-separated subset of "control all hostdns rootuser"
+#   E2E_BOOTS             space-separated subset of ALL_BOOTS below (leftovers and
+#                         leftovers-fixed add control: they start from its disk)
+#   E2E_PARALLEL          guests booted at once (default 2, one vCPU each)
 #   PREPARE_IMAGE         the binary to test (default: cargo build --release)
 set -euo pipefail
 
@@ -35,7 +44,22 @@ MIRROR=${E2E_MIRROR:-$("$REPO/scripts/apt-mirror.sh" bookworm)}
 SUITE=bookworm
 BOOT_TIMEOUT=${E2E_BOOT_TIMEOUT:-420}
 KVM_PROBE_TIMEOUT=10
-BOOTS=${E2E_BOOTS:-control all hostdns rootuser}
+# The boots of issue 4 (the keeps), then those of issue 9 (doctor): each fault
+# as it is and after its fix (see DOCTOR_ROWS in evaluate.py).
+ALL_BOOTS="control all hostdns rootuser nopyyaml nopyyaml-fixed shebang shebang-fixed
+    disabled disabled-fixed masked masked-fixed leftovers leftovers-fixed"
+# The order they start in: the long control boot first (the leftovers boots
+# start from its disk), the doctor's broken images next.
+START_ORDER="control nopyyaml shebang disabled masked leftovers nopyyaml-fixed shebang-fixed
+    disabled-fixed masked-fixed leftovers-fixed all hostdns rootuser"
+BOOTS=$(echo ${E2E_BOOTS:-$ALL_BOOTS})
+# The leftovers are the control boot's own: it runs first.
+case " $BOOTS " in
+    *" control "*) ;;
+    *" leftovers "*|*" leftovers-fixed "*) BOOTS="control $BOOTS";;
+esac
+# Guests booted at once, each on one virtual CPU.
+PARALLEL=${E2E_PARALLEL:-2}
 # Direct kernel boot; net.ifnames=0 makes the NIC eth0, the name both the
 # image's and the cloud's network configs match.
 ROOT_PARTUUID=6b1d7e2a-3c4f-4e5a-9b8c-0d1e2f3a4b5c
@@ -63,7 +87,7 @@ log() { printf '%s\n' "$*" >&2; }
 die() { log "e2e: error: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, loop devices for prepare-image)"
-for tool in debootstrap qemu-system-x86_64 sfdisk mkfs.ext4 mkfs.vfat mcopy zstd tar unshare systemctl; do
+for tool in debootstrap qemu-system-x86_64 sfdisk mkfs.ext4 debugfs mkfs.vfat mcopy zstd tar unshare systemctl sha256sum; do
     command -v "$tool" >/dev/null || die "$tool not found (see .ci/run for the packages)"
 done
 PY=/usr/bin/python3
@@ -195,7 +219,7 @@ log "e2e: work directory $WORK"
 stage_begin "build prepare-image"
 if [ -z "${PREPARE_IMAGE:-}" ]; then
     (cd "$REPO" && cargo build --release --locked --quiet)
-    PREPARE_IMAGE=$REPO/target/release/prepare-image
+    PREPARE_IMAGE=${CARGO_TARGET_DIR:-$REPO/target}/release/prepare-image
 fi
 [ -x "$PREPARE_IMAGE" ] || die "$PREPARE_IMAGE is not executable"
 stage_end
@@ -260,13 +284,90 @@ SFDISK
     rm "$disk.ext4"
 }
 make_disk "$ROOT" "$WORK/base.raw"
+
+wanted() { case " $BOOTS " in *" $1 "*) return 0;; esac; return 1; }
+
 # The same image with the default user of Tencent Cloud's own cloud.cfg
 # (root, password not locked) instead of Debian's `debian`.
-sed -i -e 's/^    name: debian$/    name: root/' -e 's/^    lock_passwd: true$/    lock_passwd: false/' \
-    -e 's/^    gecos: Debian$/    gecos: Cloud User/' "$ROOT/etc/cloud/cloud.cfg"
-grep -q '^    name: root$' "$ROOT/etc/cloud/cloud.cfg" || die "default_user root: cloud.cfg not as expected"
-make_disk "$ROOT" "$WORK/base-rootuser.raw"
-rm -rf --one-file-system "$ROOT"
+if wanted rootuser; then
+    cp -p "$ROOT/etc/cloud/cloud.cfg" "$WORK/cloud.cfg.debian"
+    sed -i -e 's/^    name: debian$/    name: root/' -e 's/^    lock_passwd: true$/    lock_passwd: false/' \
+        -e 's/^    gecos: Debian$/    gecos: Cloud User/' "$ROOT/etc/cloud/cloud.cfg"
+    grep -q '^    name: root$' "$ROOT/etc/cloud/cloud.cfg" || die "default_user root: cloud.cfg not as expected"
+    make_disk "$ROOT" "$WORK/base-rootuser.raw"
+    cat "$WORK/cloud.cfg.debian" >"$ROOT/etc/cloud/cloud.cfg"
+fi
+
+# ------------------------------------------------- the doctor's variants --
+# One image per fault of the cloud's guide (issue 9), made on the root tree
+# as it happens on a builder's machine; `fix_*` makes the fix doctor names,
+# the way a builder makes it on the build machine's tree, and leaves the tree
+# as it was. The shebang and the previous instance are fixed by prepare-image
+# itself, on the image file (BOOT_STEP below).
+
+# Problem 1: python3-yaml's modules are gone while dpkg still lists the
+# package (as after a `pip uninstall pyyaml`, or files deleted by hand): the
+# state in which doctor's `apt-get install --reinstall python3-yaml` is the
+# fix. The fix puts back the package's own files (what that reinstall writes;
+# the test has no package archive once the rootfs is cached).
+PYYAML_PATHS=(usr/lib/python3/dist-packages/yaml usr/lib/python3/dist-packages/_yaml)
+break_nopyyaml() {
+    local root=$1 p
+    mkdir -p "$WORK/pyyaml-files"
+    for p in "${PYYAML_PATHS[@]}" $(cd "$root" && ls -d usr/lib/python3/dist-packages/PyYAML-*); do
+        [ -e "$root/$p" ] || die "python3-yaml: $p not in the guest"
+        mkdir -p "$WORK/pyyaml-files/$(dirname "$p")"
+        mv "$root/$p" "$WORK/pyyaml-files/$p"
+    done
+}
+fix_nopyyaml() {
+    cp -a "$WORK/pyyaml-files/." "$1/"
+    rm -rf "$WORK/pyyaml-files"
+}
+# Problem 2: /usr/bin/cloud-init's shebang goes through /usr/bin/python, and
+# that link now names a python2-named binary that is not the Python holding
+# cloud-init (dash: it fails on the script's first lines, as a Python 2
+# without cloud-init fails on its first import).
+break_shebang() {
+    local root=$1
+    head -n 1 "$root/usr/bin/cloud-init" >"$WORK/cloud-init.shebang"
+    grep -qx '#!/usr/bin/python3' "$WORK/cloud-init.shebang" || die "usr/bin/cloud-init: unexpected shebang"
+    [ ! -e "$root/usr/bin/python" ] && [ ! -e "$root/usr/bin/python2.7" ] || die "the guest already has a python link"
+    sed -i '1s|^#!.*|#!/usr/bin/python|' "$root/usr/bin/cloud-init"
+    cp -p "$root/bin/dash" "$root/usr/bin/python2.7"
+    ln -s python2.7 "$root/usr/bin/python"
+}
+unbreak_shebang() {
+    local root=$1
+    sed -i "1s|^#!.*|$(cat "$WORK/cloud-init.shebang")|" "$root/usr/bin/cloud-init"
+    rm -f "$root/usr/bin/python" "$root/usr/bin/python2.7"
+}
+# cloud-init switched off by its marker file; the fix doctor names is rm.
+break_disabled() { : >"$1/etc/cloud/cloud-init.disabled"; }
+fix_disabled() { rm "$1/etc/cloud/cloud-init.disabled"; }
+# The network stage's unit masked; the fix doctor names is systemctl unmask
+# (--root: the same on the build machine's tree).
+break_masked() { systemctl --root="$1" --quiet mask cloud-init.service; }
+fix_masked() { systemctl --root="$1" --quiet unmask cloud-init.service; }
+
+for v in nopyyaml disabled masked; do
+    wanted "$v" || wanted "$v-fixed" || continue
+    "break_$v" "$ROOT"
+    if wanted "$v"; then make_disk "$ROOT" "$WORK/disk-$v.raw"; fi
+    "fix_$v" "$ROOT"
+    if wanted "$v-fixed"; then make_disk "$ROOT" "$WORK/disk-$v-fixed.raw"; fi
+done
+if wanted shebang || wanted shebang-fixed; then
+    break_shebang "$ROOT"
+    make_disk "$ROOT" "$WORK/disk-shebang.raw"
+    unbreak_shebang "$ROOT"
+fi
+# The previous instance (leftovers) is the control boot's own /var/lib/cloud,
+# put into the image once that boot is over (make_leftovers_disk): the state a
+# builder captures after booting the build VM with the cloud's seed.
+if ! wanted leftovers && ! wanted leftovers-fixed; then
+    rm -rf --one-file-system "$ROOT"
+fi
 
 # The NoCloud seed disk: a FAT filesystem labelled cidata, filled with mtools
 # (no mount).
@@ -281,7 +382,7 @@ stage_end
 # ------------------------------------------------------------------ boots --
 QEMU_COMMON=(
     -nodefaults -no-user-config -display none -monitor none
-    -machine q35 -m 1024 -smp 2
+    -machine q35 -m 1024 -smp 1
     -kernel "$WORK/vmlinuz" -initrd "$WORK/initrd.img"
     -device virtio-rng-pci
 )
@@ -342,73 +443,210 @@ accel_args() {
     esac
 }
 
-# Each boot: the keep list given to prepare-image ("" = not run) and the
-# base image it copies.
-declare -A BOOT_KEEP=([control]="" [all]="all" [hostdns]="hostname,dns" [rootuser]="all")
-declare -A BOOT_BASE=([control]=base [all]=base [hostdns]=base [rootuser]=base-rootuser)
+# The disk each boot copies, and what is done to the copy before the boot:
+#   keep LIST  prepare-image --keep LIST
+#   fix        prepare-image doctor --fix (rewrites the shebang)
+#   clean      prepare-image clean (strips the previous instance)
+declare -A BOOT_DISK=([control]=base [all]=base [hostdns]=base [rootuser]=base-rootuser
+    [nopyyaml]=disk-nopyyaml [nopyyaml-fixed]=disk-nopyyaml-fixed
+    [shebang]=disk-shebang [shebang-fixed]=disk-shebang
+    [disabled]=disk-disabled [disabled-fixed]=disk-disabled-fixed
+    [masked]=disk-masked [masked-fixed]=disk-masked-fixed
+    [leftovers]=disk-leftovers [leftovers-fixed]=disk-leftovers)
+declare -A BOOT_STEP=([all]="keep all" [hostdns]="keep hostname,dns" [rootuser]="keep all"
+    [shebang-fixed]=fix [leftovers-fixed]=clean)
+# The boots whose image doctor judges (the rows of DOCTOR_ROWS).
+DOCTOR_BOOTS=" control nopyyaml nopyyaml-fixed shebang shebang-fixed disabled disabled-fixed"
+DOCTOR_BOOTS+=" masked masked-fixed leftovers leftovers-fixed "
 FAILED=()
 PASSED=()
+for b in $BOOTS; do
+    [ -n "${BOOT_DISK[$b]+x}" ] || die "unknown boot $b ($ALL_BOOTS)"
+done
 
-boot() {
-    local name=$1 keep=${BOOT_KEEP[$1]} img=$WORK/$1.raw accel=$ACCEL rc
-    local base=$WORK/${BOOT_BASE[$1]}.raw
-    stage_begin "boot $name${keep:+ (--keep $keep)}"
-    cp --sparse=always "$base" "$img"
-    if [ -n "$keep" ]; then
-        if ! "$PREPARE_IMAGE" --keep "$keep" "$img" >"$WORK/$name.diff" 2>"$WORK/$name.prepare.log"; then
-            cat "$WORK/$name.prepare.log" >&2
-            die "prepare-image --keep $keep $img failed"
-        fi
-        grep '^warning:' "$WORK/$name.prepare.log" | sed 's/^/    prepare-image: /' >&2 || true
+# The disk of the leftovers boots: the base image plus the /var/lib/cloud the
+# control boot left (read out of its disk with debugfs, no mount).
+make_leftovers_disk() {
+    local state=$WORK/control-var-lib-cloud
+    rm -rf "$state"
+    mkdir "$state"
+    debugfs -R "rdump /var/lib/cloud $state" "$WORK/control.raw?offset=$(( PART_START_SECTOR * 512 ))" \
+        >/dev/null 2>"$WORK/debugfs.log" || { cat "$WORK/debugfs.log" >&2; die "debugfs rdump failed"; }
+    [ -d "$state/cloud/instances" ] || die "the control boot left no /var/lib/cloud/instances"
+    if [ -e "$ROOT/var/lib/cloud" ]; then mv "$ROOT/var/lib/cloud" "$WORK/var-lib-cloud.image"; fi
+    cp -a "$state/cloud" "$ROOT/var/lib/cloud"
+    make_disk "$ROOT" "$WORK/disk-leftovers.raw"
+    rm -rf --one-file-system "$ROOT" "$state" "$WORK/control.raw"
+}
+
+# doctor on a boot's image: read-only (the image's sha256 must not change),
+# exit 4 exactly when the JSON lists an error.
+run_doctor() {
+    local name=$1 img=$2 before after rc=0 errors
+    before=$(sha256sum <"$img")
+    "$PREPARE_IMAGE" doctor --format json "$img" >"$WORK/$name.doctor.json" 2>"$WORK/$name.doctor.err" || rc=$?
+    after=$(sha256sum <"$img")
+    if [ "$before" != "$after" ]; then
+        FAILED+=("doctor $name: the image changed (sha256 ${before%% *} -> ${after%% *})")
     fi
-    local attempt
-    for attempt in 1 2; do
-        rm -f "$WORK/$name.console.log" "$WORK/$name.report.log"
-        rc=0
-        # shellcheck disable=SC2046
-        run_qemu "$BOOT_TIMEOUT" "${QEMU_COMMON[@]}" $(accel_args "$accel") \
-            -append "$KERNEL_CMDLINE" \
-            -drive "file=$img,format=raw,if=virtio,cache=unsafe" \
-            -drive "file=$SEED,format=raw,if=virtio,readonly=on" \
-            -nic "$QEMU_NET" \
-            -serial "file:$WORK/$name.console.log" \
-            -serial "file:$WORK/$name.report.log" || rc=$?
-        if grep -q '===E2E-REPORT-END===' "$WORK/$name.report.log" 2>/dev/null; then
-            break
-        fi
-        if [ "$accel" = kvm ] && [ "$attempt" = 1 ]; then
-            log "e2e: no report under KVM (rc $rc): booting $name again under TCG"
-            ACCEL=tcg accel=tcg
-            cp --sparse=always "$base" "$img"
-            if [ -n "$keep" ] && ! "$PREPARE_IMAGE" --keep "$keep" "$img" >/dev/null 2>&1; then
-                die "prepare-image --keep $keep $img failed (retry under TCG)"
+    # shellcheck disable=SC2016  # Python, not an expansion
+    errors=$("$PY" -c '
+import json, sys
+doc = json.load(open(sys.argv[1]))
+for f in doc["findings"]:
+    if f["severity"] != "ok":
+        where = f["evidence"]["path"] if f["evidence"] else ""
+        print("    doctor %s: %s[%s] %s" % (sys.argv[2], f["severity"], f["id"], where), file=sys.stderr)
+print(doc["summary"]["errors"])' "$WORK/$name.doctor.json" "$name") || errors=""
+    case "$rc:$errors" in
+        0:0) ;;
+        4:[1-9]*) ;;
+        *) cat "$WORK/$name.doctor.err" >&2
+           FAILED+=("doctor $name: exit $rc with ${errors:-unreadable JSON} error(s)");;
+    esac
+}
+
+# The copy of a boot's disk, with its step applied.
+prepare_disk() {
+    local name=$1 img=$2 step=${BOOT_STEP[$1]:-}
+    cp --sparse=always "$WORK/${BOOT_DISK[$name]}.raw" "$img"
+    case "$step" in
+        "") ;;
+        keep\ *)
+            if ! "$PREPARE_IMAGE" --keep "${step#keep }" "$img" >"$WORK/$name.diff" 2>"$WORK/$name.prepare.log"; then
+                cat "$WORK/$name.prepare.log" >&2
+                die "prepare-image --keep ${step#keep } $img failed"
             fi
-            continue
+            grep '^warning:' "$WORK/$name.prepare.log" | sed 's/^/    prepare-image: /' >&2 || true;;
+        fix)
+            "$PREPARE_IMAGE" doctor --fix "$img" >"$WORK/$name.fix.log" 2>&1 || true
+            grep -q '^fixed usr/bin/cloud-init:1: ' "$WORK/$name.fix.log" || {
+                cat "$WORK/$name.fix.log" >&2; die "prepare-image doctor --fix did not fix usr/bin/cloud-init"; }
+            grep '^fixed ' "$WORK/$name.fix.log" | sed 's/^/    prepare-image doctor --fix: /' >&2;;
+        clean)
+            "$PREPARE_IMAGE" clean "$img" >"$WORK/$name.clean.log" 2>&1 || {
+                cat "$WORK/$name.clean.log" >&2; die "prepare-image clean $img failed"; }
+            sed 's/^/    prepare-image clean: /' "$WORK/$name.clean.log" >&2;;
+        *) die "unknown step $step";;
+    esac
+}
+
+declare -A QEMU_PID=() QEMU_START=() BOOT_T0=() BOOT_ACCEL=() BOOT_ATTEMPT=() BOOT_DONE=()
+
+start_boot() {
+    local name=$1 img=$WORK/$1.raw accel=${BOOT_ACCEL[$1]:-$ACCEL}
+    BOOT_ACCEL[$name]=$accel
+    BOOT_ATTEMPT[$name]=$(( ${BOOT_ATTEMPT[$name]:-0} + 1 ))
+    [ -n "${BOOT_T0[$name]:-}" ] || BOOT_T0[$name]=$(now)
+    log "== boot $name${BOOT_STEP[$name]:+ (${BOOT_STEP[$name]})} [$accel]"
+    prepare_disk "$name" "$img"
+    case "$DOCTOR_BOOTS" in *" $name "*) run_doctor "$name" "$img";; esac
+    rm -f "$WORK/$name.console.log" "$WORK/$name.report.log"
+    # shellcheck disable=SC2046
+    qemu-system-x86_64 "${QEMU_COMMON[@]}" $(accel_args "$accel") \
+        -append "$KERNEL_CMDLINE" \
+        -drive "file=$img,format=raw,if=virtio,cache=unsafe" \
+        -drive "file=$SEED,format=raw,if=virtio,readonly=on" \
+        -nic "$QEMU_NET" \
+        -serial "file:$WORK/$name.console.log" \
+        -serial "file:$WORK/$name.report.log" &
+    QEMU_PID[$name]=$!
+    QEMU_START[$name]=$SECONDS
+    CHILD_PIDS+=("$!")
+}
+
+# Called while the boot's qemu runs: returns 1 while it is still running;
+# otherwise (it exited, or ran past the timeout and was killed) judges it.
+poll_boot() {
+    local name=$1 pid=${QEMU_PID[$1]} rc=0
+    if kill -0 "$pid" 2>/dev/null; then
+        [ $(( SECONDS - QEMU_START[$name] )) -ge "$BOOT_TIMEOUT" ] || return 1
+        log "e2e: boot $name: qemu pid $pid still running after ${BOOT_TIMEOUT}s: killing it"
+        kill "$pid" 2>/dev/null || true
+        sleep 2
+        kill -9 "$pid" 2>/dev/null || true
+        rc=124
+    fi
+    local status=0
+    wait "$pid" 2>/dev/null || status=$?
+    if [ "$rc" != 124 ] && [ "$status" != 0 ]; then
+        rc=$status
+        log "e2e: qemu pid $pid ($name) exited with status $rc"
+    fi
+    unset "QEMU_PID[$name]"
+    finish_boot "$name" "$rc"
+    return 0
+}
+
+finish_boot() {
+    local name=$1 rc=$2 img=$WORK/$1.raw dt out
+    if ! grep -q '===E2E-REPORT-END===' "$WORK/$name.report.log" 2>/dev/null; then
+        if [ "${BOOT_ACCEL[$name]}" = kvm ] && [ "${BOOT_ATTEMPT[$name]}" = 1 ]; then
+            log "e2e: no report under KVM (rc $rc): booting $name again under TCG"
+            ACCEL=tcg
+            BOOT_ACCEL[$name]=tcg
+            start_boot "$name"
+            return 0
         fi
         log "e2e: boot $name gave no report (rc $rc); last console lines:"
         tail -n 40 "$WORK/$name.console.log" >&2 || true
         FAILED+=("boot $name: no report")
-        stage_end
-        return 0
-    done
-    stage_end
-    rm -f "$img"
-    local out
-    if out=$("$PY" "$HERE/evaluate.py" --boot "$name" --guest "$GUEST" \
-            --image-host-keys "$WORK/image-host-keys.pub" \
-            --report "$WORK/$name.report.log" --json-out "$WORK/$name.report.json" \
-            --summary-out "$WORK/$name.summary.json"); then
-        PASSED+=("$name")
     else
-        FAILED+=("boot $name: expectations not met")
+        local doctor_args=()
+        case "$DOCTOR_BOOTS" in *" $name "*) doctor_args=(--doctor-json "$WORK/$name.doctor.json");; esac
+        if out=$("$PY" "$HERE/evaluate.py" --boot "$name" --guest "$GUEST" \
+                --image-host-keys "$WORK/image-host-keys.pub" \
+                --report "$WORK/$name.report.log" --json-out "$WORK/$name.report.json" \
+                --summary-out "$WORK/$name.summary.json" "${doctor_args[@]}"); then
+            PASSED+=("$name")
+        else
+            FAILED+=("boot $name: expectations not met")
+        fi
+        printf '%s\n' "$out"
     fi
-    printf '%s\n' "$out"
+    dt=$(awk -v a="${BOOT_T0[$name]}" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+    TIMINGS+=("$(printf '%-34s %7ss' "boot $name" "$dt")")
+    log "== boot $name: ${dt}s"
+    BOOT_DONE[$name]=1
+    # The leftovers boots start from the disk the control boot leaves.
+    if [ "$name" = control ] && { wanted leftovers || wanted leftovers-fixed; }; then
+        make_leftovers_disk
+    fi
+    rm -f "$img"
 }
 
-for b in $BOOTS; do
-    [ -n "${BOOT_KEEP[$b]+x}" ] || die "unknown boot $b (control, all, hostdns, rootuser)"
-    boot "$b"
+# The next boot that can start: the first in QUEUE, passing over the
+# leftovers boots until the control boot has left its disk.
+next_boot() {
+    local b
+    for b in "${QUEUE[@]}"; do
+        case "$b" in leftovers*) [ -n "${BOOT_DONE[control]:-}" ] || continue;; esac
+        echo "$b"
+        return 0
+    done
+    return 1
+}
+
+# The boots, PARALLEL at a time, in START_ORDER.
+stage_begin "boots ($(wc -w <<<"$BOOTS"), $PARALLEL at a time)"
+QUEUE=()
+for b in $START_ORDER; do
+    if wanted "$b"; then QUEUE+=("$b"); fi
 done
+while [ "${#QUEUE[@]}" -gt 0 ] || [ "${#QEMU_PID[@]}" -gt 0 ]; do
+    for b in "${!QEMU_PID[@]}"; do
+        poll_boot "$b" || true
+    done
+    while [ "${#QEMU_PID[@]}" -lt "$PARALLEL" ] && b=$(next_boot); do
+        for i in "${!QUEUE[@]}"; do
+            if [ "${QUEUE[$i]}" = "$b" ]; then unset "QUEUE[$i]"; fi
+        done
+        QUEUE=("${QUEUE[@]}")
+        start_boot "$b"
+    done
+    sleep 0.5
+done
+stage_end
 
 # -------------------------------------------------------- nothing behind --
 for pid in "${CHILD_PIDS[@]}"; do
@@ -422,12 +660,20 @@ if findmnt -rn -o TARGET | grep -qF "$WORK"; then
 fi
 
 summaries=()
+doctor_summaries=()
 for b in $BOOTS; do
-    [ -f "$WORK/$b.summary.json" ] && summaries+=("$WORK/$b.summary.json")
+    [ -f "$WORK/$b.summary.json" ] || continue
+    case "$DOCTOR_BOOTS" in *" $b "*) doctor_summaries+=("$WORK/$b.summary.json");; esac
+    case "$b" in control|all|hostdns|rootuser) summaries+=("$WORK/$b.summary.json");; esac
 done
 if [ "${#summaries[@]}" -gt 0 ]; then
     printf '\n== per-setting table\n'
     "$PY" "$HERE/evaluate.py" --table "${summaries[@]}"
+fi
+if [ "${#doctor_summaries[@]}" -gt 0 ]; then
+    printf '\n== doctor x boot table\n'
+    "$PY" "$HERE/evaluate.py" --doctor-table "${doctor_summaries[@]}" \
+        || FAILED+=("doctor x boot table: a row disagrees")
 fi
 printf '\n== timings\n'
 printf '%s\n' "${TIMINGS[@]}"
