@@ -226,17 +226,9 @@ pub enum Outcome {
     Findings,
 }
 
-/// A usage error found after parsing (an unknown profile name): exit 2.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
+/// Usage errors are found below the command line too (`--partition` on a
+/// directory), so the type lives in `crate::error`; re-exported for main.
+pub use crate::error::UsageError;
 
 /// A failure after the files were written (exit 5): the message names the
 /// files, so nobody takes it for "nothing was written".

@@ -14,5 +14,6 @@
 pub mod access;
 pub mod cli;
 pub mod doctor;
+pub mod error;
 pub mod guest;
 pub mod report;

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::access::image::open::{ImageInfo, OpenedImage};
 use crate::access::root::Root;
-use crate::cli::UsageError;
+use crate::error::UsageError;
 use crate::guest::cloudinit::effective::CLOUD_CFG;
 
 #[derive(Debug)]
