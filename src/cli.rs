@@ -12,13 +12,21 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::access::commit;
 use crate::access::image::interrupt;
+use crate::access::image::open::RootMarker;
 use crate::access::lock::{self, LockMode, RootLock};
 use crate::access::root::Root;
 use crate::access::target::Target;
-use crate::guest::cloudinit::effective::{self, setting_state};
+use crate::guest::cloudinit::effective::{self, CLOUD_CFG, setting_state};
 use crate::guest::cloudinit::plan::{self, Plan};
 use crate::guest::cloudinit::profile::{self, Profile};
 use crate::report::{self, Mode, Style, TargetDescription};
+
+/// What marks an image's root partition for a keep and `status`: the
+/// partition holding cloud-init's base configuration.
+const CLOUD_CFG_ROOT: RootMarker = RootMarker {
+    path: CLOUD_CFG,
+    missing_hint: "is cloud-init installed in this image?",
+};
 
 /// Keep chosen settings of a cloud image through cloud-init's first boot.
 ///
@@ -27,6 +35,7 @@ use crate::report::{self, Mode, Style, TargetDescription};
 /// configuration with the cloud's metadata. prepare-image edits
 /// /etc/cloud/cloud.cfg (and its cloud.cfg.d drop-ins) in an image root so that
 /// the settings you name are kept, prints the diff, and warns about side effects.
+
 #[derive(Debug, Parser)]
 #[command(
     name = "prepare-image",
@@ -283,7 +292,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             partition,
             allow_backing,
         }) => {
-            let target = Target::open(target, false, *partition, *allow_backing)?;
+            let target = Target::open(target, false, *partition, *allow_backing, CLOUD_CFG_ROOT)?;
             let result = (|| {
                 let set = effective::load(target.root())?;
                 let states: Vec<_> = catalogue.iter().map(|p| setting_state(&set, p)).collect();
@@ -393,6 +402,7 @@ fn keep(
         mode == Mode::Apply && !is_image,
         args.partition,
         args.allow_backing,
+        CLOUD_CFG_ROOT,
     )?;
     let lock_mode = if mode == Mode::Apply {
         LockMode::Exclusive
@@ -411,7 +421,13 @@ fn keep(
             drop(lock);
             let partition = first.image().map(|i| i.partition).or(args.partition);
             first.close()?;
-            let target = Target::open(&args.target, true, partition, args.allow_backing)?;
+            let target = Target::open(
+                &args.target,
+                true,
+                partition,
+                args.allow_backing,
+                CLOUD_CFG_ROOT,
+            )?;
             match plan_on(&target, &selected, lock_mode) {
                 Ok((lock, plan)) => (target, lock, plan),
                 Err(e) => return finish(target, Err(e)),

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::access::image::open::{ImageInfo, OpenedImage};
+use crate::access::image::open::{ImageInfo, OpenedImage, RootMarker};
 use crate::access::root::Root;
 use crate::error::UsageError;
-use crate::guest::cloudinit::effective::CLOUD_CFG;
 
 #[derive(Debug)]
 pub enum Target {
@@ -19,28 +18,16 @@ pub enum Target {
 
 impl Target {
     /// Opens TARGET: a directory is used as the root; a regular file is an
-    /// image whose root filesystem is found and mounted (read-write only when
-    /// `writable`). `partition` applies to images only.
-    /// `allow_backing` lets an image read its backing chain (see
-    /// `image::containment`).
+    /// image whose root filesystem, the partition holding `marker`, is found
+    /// and mounted (read-write only when `writable`). `partition` applies to
+    /// images only. `allow_backing` lets an image read its backing chain
+    /// (see `image::containment`).
     pub fn open(
         path: &Path,
         writable: bool,
         partition: Option<u32>,
         allow_backing: bool,
-    ) -> Result<Target> {
-        Target::open_with_root_marker(path, writable, partition, allow_backing, CLOUD_CFG)
-    }
-
-    /// As [`Target::open`], but an image's root is the partition holding
-    /// `marker` (e.g. `etc/os-release` for `doctor`, which must also open
-    /// images without cloud-init).
-    pub fn open_with_root_marker(
-        path: &Path,
-        writable: bool,
-        partition: Option<u32>,
-        allow_backing: bool,
-        marker: &str,
+        marker: RootMarker,
     ) -> Result<Target> {
         let meta = match std::fs::metadata(path) {
             Ok(meta) => meta,
@@ -61,13 +48,8 @@ impl Target {
             return Ok(Target::Directory(Root::open(path)?));
         }
         if meta.is_file() {
-            let image = crate::access::image::open::open_with_root_marker(
-                path,
-                writable,
-                partition,
-                allow_backing,
-                marker,
-            )?;
+            let image =
+                crate::access::image::open::open(path, writable, partition, allow_backing, marker)?;
             return Ok(Target::Image(Box::new(image)));
         }
         bail!(

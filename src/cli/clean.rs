@@ -30,12 +30,12 @@ pub(super) fn run(
     // alone changes the image file); a refusal comes from the read-only look.
     let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
     let open = |writable: bool, partition: Option<u32>| {
-        Target::open_with_root_marker(
+        Target::open(
             &args.target,
             writable,
             partition,
             args.allow_backing,
-            super::doctor::OS_RELEASE,
+            super::doctor::OS_RELEASE_ROOT,
         )
     };
     let first = open(!args.dry_run && !is_image, args.partition)?;

@@ -6,13 +6,19 @@ use std::io::Write;
 use anyhow::Result;
 
 use super::{DoctorArgs, Format, Outcome, describe, finish};
+use crate::access::image::open::RootMarker;
 use crate::access::target::Target;
 use crate::doctor::render::{self, Subject};
 use crate::doctor::summarize;
 use crate::guest::cloudinit::doctor;
 
-/// What marks an image's root partition for doctor.
-pub(super) const OS_RELEASE: &str = "etc/os-release";
+/// What marks an image's root partition for doctor and clean: found by
+/// etc/os-release, not cloud.cfg, since an image without cloud-init is
+/// exactly what doctor must diagnose.
+pub(super) const OS_RELEASE_ROOT: RootMarker = RootMarker {
+    path: "etc/os-release",
+    missing_hint: "is this a Linux image?",
+};
 
 pub(super) fn run(
     args: &DoctorArgs,
@@ -25,12 +31,12 @@ pub(super) fn run(
     // An image is mounted read-write only when --fix has something to write:
     // a read-write mount alone changes the image file.
     let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
-    let first = Target::open_with_root_marker(
+    let first = Target::open(
         &args.target,
         args.fix && !is_image,
         args.partition,
         args.allow_backing,
-        OS_RELEASE,
+        OS_RELEASE_ROOT,
     )?;
     let target = if args.fix && is_image {
         match doctor::fix_shebangs(first.root(), true) {
@@ -39,12 +45,12 @@ pub(super) fn run(
             Ok(_) => {
                 let partition = first.image().map(|i| i.partition);
                 first.close()?;
-                Target::open_with_root_marker(
+                Target::open(
                     &args.target,
                     true,
                     partition,
                     args.allow_backing,
-                    OS_RELEASE,
+                    OS_RELEASE_ROOT,
                 )?
             }
         }

@@ -21,7 +21,6 @@ use super::mount::Mount;
 use super::partition::{self, Partition, Table};
 use super::qemu::RawView;
 use crate::access::root::Root;
-use crate::guest::cloudinit::effective::CLOUD_CFG;
 
 /// What a run worked on, for every report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +82,20 @@ impl OpenedImage {
     }
 }
 
+/// What tells the root partition of an image: a root-relative file only the
+/// root holds, and what to suggest when no partition holds it. The caller
+/// chooses: a keep needs cloud.cfg, `doctor` must also open images without
+/// cloud-init (by `etc/os-release`).
+#[derive(Debug, Clone, Copy)]
+pub struct RootMarker {
+    pub path: &'static str,
+    pub missing_hint: &'static str,
+}
+
 /// Opens `path` and mounts its root filesystem: the partition holding
-/// `etc/cloud/cloud.cfg`, or `partition` when given. Read-only unless
-/// `writable`; a read-only pass never replays a journal, so the image file
-/// stays byte-identical.
+/// `marker`, or `partition` when given. Read-only unless `writable`; a
+/// read-only pass never replays a journal, so the image file stays
+/// byte-identical.
 /// With `allow_backing`, a qcow2 or vmdk overlay may read its backing chain
 /// (regular files only, read-only); without it, an image that names any file
 /// outside itself is refused before qemu sees it.
@@ -95,19 +104,7 @@ pub fn open(
     writable: bool,
     partition: Option<u32>,
     allow_backing: bool,
-) -> Result<OpenedImage> {
-    open_with_root_marker(path, writable, partition, allow_backing, CLOUD_CFG)
-}
-
-/// As [`open`], but the root is the partition holding `marker` (a
-/// root-relative path): `doctor` must find the root of an image whose
-/// cloud-init, and so cloud.cfg, may be missing, by `etc/os-release`.
-pub fn open_with_root_marker(
-    path: &Path,
-    writable: bool,
-    partition: Option<u32>,
-    allow_backing: bool,
-    marker: &str,
+    marker: RootMarker,
 ) -> Result<OpenedImage> {
     preflight()?;
     super::tempdirs::sweep_stale();
@@ -318,7 +315,7 @@ fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()>
     }
 }
 
-/// What the root marker (`etc/cloud/cloud.cfg`) says when it is a symbolic link to nothing
+/// What the root marker (e.g. `etc/cloud/cloud.cfg`) says when it is a symbolic link to nothing
 /// (the link as written). The directory is resolved inside the root first,
 /// so reading the link from the mountpoint follows no link of the image.
 fn dangling_link_target(root: &Root, mountpoint: &Path, marker: &str) -> Option<PathBuf> {
@@ -342,8 +339,12 @@ fn find_root(
     display: &str,
     kinds: &[(Partition, FsKind)],
     keep_probe: bool,
-    marker: &str,
+    marker: RootMarker,
 ) -> Result<(Partition, FsKind, Option<Probe>)> {
+    let RootMarker {
+        path: marker,
+        missing_hint: hint,
+    } = marker;
     let mut candidates = Vec::new();
     let mut kept: Option<Probe> = None;
     // A partition whose cloud.cfg is a link to nothing: the likely root,
@@ -407,11 +408,6 @@ fn find_root(
                     target.display()
                 );
             }
-            let hint = if marker == CLOUD_CFG {
-                "is cloud-init installed in this image?"
-            } else {
-                "is this a Linux image?"
-            };
             bail!(
                 "{display}: no partition holds /{marker} (partitions: {}); {hint}",
                 if kinds.is_empty() {
