@@ -81,21 +81,8 @@ pub struct KeepArgs {
     #[arg(long, conflicts_with_all = ["dry_run", "check"])]
     pub break_hard_links: bool,
 
-    /// The image's root: a directory (a mounted image, a chroot, / for the
-    /// live system) or an image file (raw, qcow2, vmdk, vhd, vhdx).
-    #[arg(value_name = "TARGET", default_value = "/")]
-    pub target: PathBuf,
-
-    /// For an image file: the partition holding the root filesystem (default:
-    /// the one partition that holds etc/cloud/cloud.cfg).
-    #[arg(long, value_name = "N")]
-    pub partition: Option<u32>,
-
-    /// For a qcow2 or vmdk overlay: also read its backing files (regular
-    /// files only, never written). Without it, an image that names any file
-    /// outside itself is refused.
-    #[arg(long)]
-    pub allow_backing: bool,
+    #[command(flatten)]
+    pub root: RootArgs,
 
     /// In the same run (one attach and mount), also clean what the build
     /// machine's boot left, as `prepare-image clean`: cloud-init's state and
@@ -124,18 +111,8 @@ pub enum Command {
     /// Show, per setting, whether cloud-init keeps it or overwrites it at first
     /// boot, and which file and line decide.
     Status {
-        /// The image's root directory, or an image file.
-        #[arg(value_name = "TARGET", default_value = "/")]
-        target: PathBuf,
-
-        /// For an image file: the partition holding the root filesystem.
-        #[arg(long, value_name = "N")]
-        partition: Option<u32>,
-
-        /// For a qcow2 or vmdk overlay: also read its backing files (regular
-        /// files only).
-        #[arg(long)]
-        allow_backing: bool,
+        #[command(flatten)]
+        root: RootArgs,
     },
     /// Find, offline, everything that will break cloud-init at first boot
     /// (or the cloud's import): exit 4 when an error is found.
@@ -155,20 +132,31 @@ pub enum Command {
     Man,
 }
 
+/// Where every subcommand works: the same flags, one definition.
 #[derive(Debug, Args)]
-pub struct DoctorArgs {
-    /// The image's root directory (or / for the live system), or an image file.
+pub struct RootArgs {
+    /// The image's root: a directory (a mounted image, a chroot, / for the
+    /// live system) or an image file (raw, qcow2, vmdk, vhd, vhdx).
     #[arg(value_name = "TARGET", default_value = "/")]
     pub target: PathBuf,
 
-    /// For an image file: the partition holding the root filesystem.
+    /// For an image file: the partition holding the root filesystem (default:
+    /// the one partition that holds etc/cloud/cloud.cfg; for doctor and
+    /// clean, etc/os-release).
     #[arg(long, value_name = "N")]
     pub partition: Option<u32>,
 
     /// For a qcow2 or vmdk overlay: also read its backing files (regular
-    /// files only, never written).
+    /// files only, never written). Without it, an image that names any file
+    /// outside itself is refused.
     #[arg(long)]
     pub allow_backing: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub root: RootArgs,
 
     /// Also list the checks that passed.
     #[arg(short, long)]
@@ -181,18 +169,8 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {
-    /// The image's root directory (or / for the live system), or an image file.
-    #[arg(value_name = "TARGET", default_value = "/")]
-    pub target: PathBuf,
-
-    /// For an image file: the partition holding the root filesystem.
-    #[arg(long, value_name = "N")]
-    pub partition: Option<u32>,
-
-    /// For a qcow2 or vmdk overlay: also read its backing files (regular
-    /// files only, never written).
-    #[arg(long)]
-    pub allow_backing: bool,
+    #[command(flatten)]
+    pub root: RootArgs,
 
     /// List every path and its size; remove nothing.
     #[arg(short = 'n', long)]
@@ -287,12 +265,14 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             report::profiles(out, &catalogue, cli.output.format)?;
             Ok(Outcome::Success)
         }
-        Some(Command::Status {
-            target,
-            partition,
-            allow_backing,
-        }) => {
-            let target = Target::open(target, false, *partition, *allow_backing, CLOUD_CFG_ROOT)?;
+        Some(Command::Status { root }) => {
+            let target = Target::open(
+                &root.target,
+                false,
+                root.partition,
+                root.allow_backing,
+                CLOUD_CFG_ROOT,
+            )?;
             let result = (|| {
                 let set = effective::load(target.root())?;
                 let states: Vec<_> = catalogue.iter().map(|p| setting_state(&set, p)).collect();
@@ -396,12 +376,12 @@ fn keep(
     // even a read-write mount that writes nothing changes the image file (the
     // superblock's mount count, the journal). So an image is always planned
     // on a read-only mount first; bad input and "nothing to do" never touch it.
-    let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
+    let is_image = std::fs::metadata(&args.root.target).is_ok_and(|m| m.is_file());
     let first = Target::open(
-        &args.target,
+        &args.root.target,
         mode == Mode::Apply && !is_image,
-        args.partition,
-        args.allow_backing,
+        args.root.partition,
+        args.root.allow_backing,
         CLOUD_CFG_ROOT,
     )?;
     let lock_mode = if mode == Mode::Apply {
@@ -419,13 +399,13 @@ fn keep(
             // The same partition again, now writable; plan again on what is
             // really there (nothing may have changed, but we do not assume).
             drop(lock);
-            let partition = first.image().map(|i| i.partition).or(args.partition);
+            let partition = first.image().map(|i| i.partition).or(args.root.partition);
             first.close()?;
             let target = Target::open(
-                &args.target,
+                &args.root.target,
                 true,
                 partition,
-                args.allow_backing,
+                args.root.allow_backing,
                 CLOUD_CFG_ROOT,
             )?;
             match plan_on(&target, &selected, lock_mode) {

@@ -28,17 +28,17 @@ pub(super) fn run(
     // leftovers can be cleaned whatever its cloud.cfg. An image is mounted
     // read-write only when there is something to remove (a read-write mount
     // alone changes the image file); a refusal comes from the read-only look.
-    let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
+    let is_image = std::fs::metadata(&args.root.target).is_ok_and(|m| m.is_file());
     let open = |writable: bool, partition: Option<u32>| {
         Target::open(
-            &args.target,
+            &args.root.target,
             writable,
             partition,
-            args.allow_backing,
+            args.root.allow_backing,
             super::doctor::OS_RELEASE_ROOT,
         )
     };
-    let first = open(!args.dry_run && !is_image, args.partition)?;
+    let first = open(!args.dry_run && !is_image, args.root.partition)?;
     let target = if is_image && !args.dry_run {
         let look = Options {
             dry_run: true,

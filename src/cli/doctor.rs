@@ -30,12 +30,12 @@ pub(super) fn run(
     // exactly what doctor must diagnose.
     // An image is mounted read-write only when --fix has something to write:
     // a read-write mount alone changes the image file.
-    let is_image = std::fs::metadata(&args.target).is_ok_and(|m| m.is_file());
+    let is_image = std::fs::metadata(&args.root.target).is_ok_and(|m| m.is_file());
     let first = Target::open(
-        &args.target,
+        &args.root.target,
         args.fix && !is_image,
-        args.partition,
-        args.allow_backing,
+        args.root.partition,
+        args.root.allow_backing,
         OS_RELEASE_ROOT,
     )?;
     let target = if args.fix && is_image {
@@ -46,10 +46,10 @@ pub(super) fn run(
                 let partition = first.image().map(|i| i.partition);
                 first.close()?;
                 Target::open(
-                    &args.target,
+                    &args.root.target,
                     true,
                     partition,
-                    args.allow_backing,
+                    args.root.allow_backing,
                     OS_RELEASE_ROOT,
                 )?
             }
