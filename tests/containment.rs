@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use assert_cmd::Command;
-use common_images::{LoopDevice, MIB, Mount, path_str, poke, run, sha256, sparse_file};
+use common_images::{LoopDevice, MIB, Mount, Scratch, path_str, poke, run, sha256, sparse_file};
 use prepare_image::access::image::containment::{self, Refusal};
 use prepare_image::access::image::format::ImageFormat;
 use proptest::prelude::*;
@@ -26,47 +25,10 @@ use tempfile::TempDir;
 
 const CLOUD_CFG: &str = "etc/cloud/cloud.cfg";
 
-/// A test's directory, with TMPDIR for the binary inside it.
-struct World {
-    dir: TempDir,
-    tmp: PathBuf,
-}
-
-#[derive(Debug)]
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+/// The test's world (`common_images::Scratch`), with what this file adds.
+type World = Scratch;
 
 impl World {
-    fn new() -> World {
-        let dir = TempDir::new().unwrap();
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir(&tmp).unwrap();
-        World { dir, tmp }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::cargo_bin("prepare-image")
-            .unwrap()
-            .env("TMPDIR", &self.tmp)
-            .env("NO_COLOR", "1")
-            .timeout(Duration::from_secs(120))
-            .args(args)
-            .output()
-            .unwrap();
-        Output {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
     /// A raw ext4 filesystem (no partition table) holding a real cloud.cfg:
     /// a disk prepare-image would happily edit if it were let in.
     fn filesystem(&self, name: &str) -> PathBuf {
@@ -906,25 +868,6 @@ fn os_error_text_is_shown_once() {
     assert!(stderr.matches("(os error").count() <= 1, "{stderr}");
 }
 
-/// Processes whose arguments name a path of this world (a daemon of a run).
-fn processes_of(world: &World) -> Vec<String> {
-    let ours = world.dir.path().display().to_string();
-    let own = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().into_owned();
-            if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own {
-                return None;
-            }
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(&ours).then(|| format!("{pid}: {cmdline}"))
-        })
-        .collect()
-}
-
 fn temp_entries(world: &World) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(&world.tmp)
         .unwrap()
@@ -960,11 +903,11 @@ fn temp_directories_of_a_killed_run_are_removed_by_the_next_run() {
     child.wait().unwrap();
     // The daemon follows its parent (PR_SET_PDEATHSIG).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !processes_of(&world).is_empty() {
+    while !world.processes().is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "{:?}",
-            processes_of(&world)
+            world.processes()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use common_images::{
-    LoopDevice, MIB, Mount, TestFs, copy_into, partition, path_str, poke, run, sha256, sparse_file,
+    LoopDevice, MIB, Mount, Output, Scratch, TestFs, copy_into, partition, path_str, poke, run,
+    sha256, sparse_file,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -484,67 +485,17 @@ fn copy_sparse(src: &Path, dst: &Path) {
 // The test's world: a TempDir, runs of the binary, independent inspection,
 // and the check that nothing of a run is left.
 
-struct Ctx {
-    dir: TempDir,
-    /// TMPDIR for the binary: its mountpoints and raw views go here.
-    tmp: PathBuf,
-}
-
-/// One finished run of the binary.
-#[derive(Debug)]
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+/// The test's world (`common_images::Scratch`), with what this file adds.
+type Ctx = Scratch;
 
 impl Output {
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
-
-    /// The run failed with exactly one line on stderr, `error: …`; returns it.
-    fn one_error(&self) -> &str {
-        assert_eq!(self.code, Some(1), "{self:?}");
-        assert!(self.stdout.is_empty(), "{self:?}");
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "one line on stderr: {self:?}");
-        assert!(lines[0].starts_with("error: "), "{self:?}");
-        lines[0]
-    }
 }
 
 impl Ctx {
-    fn new() -> Ctx {
-        let dir = TempDir::new().unwrap();
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir(&tmp).unwrap();
-        Ctx { dir, tmp }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::cargo_bin("prepare-image").unwrap();
-        c.env("TMPDIR", &self.tmp)
-            .env_remove("PREPARE_IMAGE_PAUSE")
-            .env("NO_COLOR", "1")
-            .timeout(Duration::from_secs(120));
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command().args(args).output().unwrap();
-        Output {
-            code: out.status.code(),
-            stdout: String::from_utf8(out.stdout).unwrap(),
-            stderr: String::from_utf8(out.stderr).unwrap(),
-        }
-    }
-
     /// Reads partition `loc` of `image` without the binary: a raw copy for
     /// other formats (`qemu-img convert`), a read-only loop device of
     /// exactly that partition, a read-only mount; `f` gets the mountpoint.
@@ -645,19 +596,7 @@ impl Ctx {
                 found.push(format!("/dev/{name} backed by {}", backing.trim()));
             }
         }
-        let own = std::process::id().to_string();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own {
-                continue;
-            }
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if cmdline.contains(&ours) {
-                    found.push(format!("process {pid}: {cmdline}"));
-                }
-            }
-        }
+        found.extend(self.processes());
         found
     }
 

@@ -366,3 +366,88 @@ pub fn gpt_image_with(dir: &Path, fs: TestFs) -> PathBuf {
     std::fs::remove_file(&fs_file).unwrap();
     image
 }
+
+// ---------------------------------------------------------------------------
+// A test's scratch world: a TempDir, runs of the binary with TMPDIR inside
+// it, and what a run may leave behind.
+
+/// A test's directory, with TMPDIR for the binary inside it (its
+/// mountpoints and raw views go there, so a test sees exactly its own).
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+    pub tmp: PathBuf,
+}
+
+/// One finished run of the binary.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The run failed with exactly one line on stderr, `error: …`; returns it.
+    pub fn one_error(&self) -> &str {
+        assert_eq!(self.code, Some(1), "{self:?}");
+        assert!(self.stdout.is_empty(), "{self:?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {self:?}");
+        assert!(lines[0].starts_with("error: "), "{self:?}");
+        lines[0]
+    }
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::TempDir::new().unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        Scratch { dir, tmp }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The binary, with TMPDIR in this world, no test pause and no color.
+    pub fn command(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::cargo_bin("prepare-image").unwrap();
+        c.env("TMPDIR", &self.tmp)
+            .env_remove("PREPARE_IMAGE_PAUSE")
+            .env("NO_COLOR", "1")
+            .timeout(Duration::from_secs(120));
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.command().args(args).output().unwrap();
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    }
+
+    /// Processes (other than this test) whose arguments name a path of this
+    /// world: a qemu-storage-daemon a run started, say.
+    pub fn processes(&self) -> Vec<String> {
+        let ours = self.dir.path().display().to_string();
+        let own = std::process::id().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_string_lossy().into_owned();
+                if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own {
+                    return None;
+                }
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                cmdline
+                    .contains(&ours)
+                    .then(|| format!("process {pid}: {cmdline}"))
+            })
+            .collect()
+    }
+}
