@@ -826,10 +826,10 @@ fn edit_state(set: &ConfigSet, edit: &Edit) -> Vec<Reason> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(files: &[(&str, &str)]) -> ConfigSet {
+impl ConfigSet {
+    /// For unit tests here and in the planner: `(path, text)` pairs in read
+    /// order, each file once.
+    pub(crate) fn from_test_files(files: &[(&str, &str)]) -> ConfigSet {
         ConfigSet::from_texts(
             files
                 .iter()
@@ -837,6 +837,15 @@ mod tests {
                 .collect(),
         )
         .unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(files: &[(&str, &str)]) -> ConfigSet {
+        ConfigSet::from_test_files(files)
     }
 
     #[test]

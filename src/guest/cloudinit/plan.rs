@@ -407,13 +407,7 @@ mod tests {
     use crate::guest::cloudinit::profile;
 
     fn set(files: &[(&str, &str)]) -> ConfigSet {
-        ConfigSet::from_texts(
-            files
-                .iter()
-                .map(|(p, t)| (PathBuf::from(p), t.to_string()))
-                .collect(),
-        )
-        .unwrap()
+        ConfigSet::from_test_files(files)
     }
 
     fn keep_network(files: &[(&str, &str)]) -> Vec<String> {
