@@ -32,6 +32,8 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+mod judge;
+
 use prepare_image::access::root::Root;
 use prepare_image::guest::cloudinit::document::Value;
 use prepare_image::guest::cloudinit::editor::Edit;
@@ -98,34 +100,6 @@ impl Drop for Judge {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// The judge's tagged JSON as our Value.
-fn untag(tagged: &serde_json::Value) -> Value {
-    let (tag, inner) = tagged.as_object().unwrap().iter().next().unwrap();
-    match tag.as_str() {
-        "null" => Value::Null,
-        "bool" => Value::Bool(inner.as_bool().unwrap()),
-        "int" => Value::Int(inner.as_str().unwrap().parse().unwrap()),
-        "float" => Value::Float(match inner.as_str().unwrap() {
-            "inf" => f64::INFINITY,
-            "-inf" => f64::NEG_INFINITY,
-            "nan" => f64::NAN,
-            f => f.parse().unwrap(),
-        }),
-        "str" => Value::Str(inner.as_str().unwrap().to_string()),
-        "date" => Value::Timestamp(inner.as_str().unwrap().to_string()),
-        "list" => Value::seq(inner.as_array().unwrap().iter().map(untag).collect()),
-        "map" => Value::map(
-            inner
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|pair| (untag(&pair[0]), untag(&pair[1])))
-                .collect(),
-        ),
-        other => panic!("judge value of type {other}: {inner}"),
     }
 }
 
@@ -598,8 +572,8 @@ fn set_edit(path: &[&str], value: Value, add_if_missing: bool) -> Edit {
 fn compare(set: &ConfigSet, judge: &serde_json::Value) -> Vec<(&'static str, String)> {
     let mut found = Vec::new();
     let effective = set.effective();
-    let theirs = untag(&judge["effective"]);
-    if effective != theirs {
+    let theirs = judge::canonical(&judge["effective"]);
+    if judge::canonical(&judge::tagged(&effective)) != theirs {
         found.push(("effective", format!("ours {effective}\n  theirs {theirs}")));
     }
     let ignored = set

@@ -11,7 +11,6 @@ how the modules read some settings from it. An exception cloud-init raises
 is answered as {"error": ...}.
 """
 
-import datetime
 import json
 import logging
 import os
@@ -23,26 +22,9 @@ from cloudinit import net, util  # noqa: E402
 # Imported before the chroot: read_conf and the mergers import these lazily.
 from cloudinit.handlers import jinja_template  # noqa: E402,F401
 from cloudinit.mergers import m_dict, m_list, m_str  # noqa: E402,F401
-
-
-def tag(value):
-    if value is None:
-        return {"null": None}
-    if isinstance(value, bool):
-        return {"bool": value}
-    if isinstance(value, int):
-        return {"int": str(value)}
-    if isinstance(value, float):
-        return {"float": repr(value)}
-    if isinstance(value, str):
-        return {"str": value}
-    if isinstance(value, (datetime.date, datetime.datetime)):
-        return {"date": value.isoformat()}
-    if isinstance(value, list):
-        return {"list": [tag(v) for v in value]}
-    if isinstance(value, dict):
-        return {"map": [[tag(k), tag(v)] for k, v in value.items()]}
-    return {"other": repr(value)}
+# One encoding of Python values for both judges (this script's directory is
+# on sys.path: Python puts it there).
+from pyyaml_judge import tag  # noqa: E402
 
 
 class Count(logging.Handler):
@@ -61,7 +43,7 @@ def evaluate():
     cfg = util.read_conf_with_confd("/etc/cloud/cloud.cfg")
     hosts = util.get_cfg_option_str(cfg, "manage_etc_hosts", False)
     return {
-        "effective": tag(cfg),
+        "effective": tag(cfg, frozenset()),
         "ignored_reads": counter.ignored,
         "preserve_hostname": util.get_cfg_option_bool(
             cfg, "preserve_hostname", False

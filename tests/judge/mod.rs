@@ -1,5 +1,7 @@
 //! The PyYAML judge (`pyyaml_judge.py`, one long-lived Debian python3
-//! process) and our side of the same protocol, for the differential tests.
+//! process) and our side of the same protocol, for the differential tests;
+//! its encoding of Python values (`tagged`, `canonical`) is also the
+//! cloud-init judge's (`cloud_init_judge.py`).
 
 #![allow(dead_code)]
 
@@ -99,7 +101,7 @@ pub fn tagged(v: &Value) -> J {
 }
 
 /// Map entries sorted by key, so that key order does not count.
-fn canonical(v: &J) -> J {
+pub fn canonical(v: &J) -> J {
     match v {
         J::Array(a) if a.first() == Some(&json!("map")) => {
             let mut entries: Vec<J> = a[1]
