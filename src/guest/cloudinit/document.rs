@@ -596,6 +596,11 @@ impl std::error::Error for ParseError {}
 /// Said by every refusal that comes from one of our bounds rather than from
 /// YAML: cloud-init may well read such a file, we only decline to.
 const BEYOND_A_BOUND: &str = yaml::BEYOND_A_BOUND;
+use yaml::IGNORED_NOTE;
+
+/// How a PyYAML refusal cloud-init catches is framed in `message`; undone by
+/// [`ParseError::problem`].
+const IGNORED_BY_PYYAML: (&str, &str) = ("cloud-init ignores this file (PyYAML: ", ")");
 
 impl ParseError {
     /// Whether the text was refused for exceeding one of our bounds (size,
@@ -609,6 +614,19 @@ impl ParseError {
     pub fn is_ignored_by_cloud_init(&self) -> bool {
         self.kind == ParseErrorKind::IgnoredByCloudInit
     }
+
+    /// What the reader found, without the framing that says what cloud-init
+    /// does about it: PyYAML's own words, or why the top level is no
+    /// configuration.
+    pub fn problem(&self) -> &str {
+        let (start, end) = IGNORED_BY_PYYAML;
+        let message = self
+            .message
+            .strip_prefix(start)
+            .and_then(|m| m.strip_suffix(end))
+            .unwrap_or(&self.message);
+        message.split(IGNORED_NOTE).next().unwrap_or(message)
+    }
 }
 
 impl From<YamlError> for ParseError {
@@ -616,7 +634,10 @@ impl From<YamlError> for ParseError {
         let (kind, message) = match e.kind {
             ErrorKind::Refused => (
                 ParseErrorKind::IgnoredByCloudInit,
-                format!("cloud-init ignores this file (PyYAML: {})", e.message),
+                format!(
+                    "{}{}{}",
+                    IGNORED_BY_PYYAML.0, e.message, IGNORED_BY_PYYAML.1
+                ),
             ),
             ErrorKind::Crashes => (
                 ParseErrorKind::CloudInitFails,
@@ -747,9 +768,7 @@ pub fn parse(text: &str) -> Result<Document, ParseError> {
         return Err(error_at(
             root.line,
             0,
-            format!(
-                "the top level is {what}, not a mapping of settings (cloud-init would ignore this file)"
-            ),
+            format!("the top level is {what}, not a mapping of settings{IGNORED_NOTE}"),
         ));
     }
     Ok(doc)
@@ -1060,6 +1079,31 @@ fn content_end<'n>(start: usize, children: impl Iterator<Item = &'n Node>) -> us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `problem` is the reader's finding alone: the framing that says what
+    /// cloud-init does with the file is for messages, not for `status`.
+    #[test]
+    fn a_refusal_s_problem_is_pyyaml_s_words_alone() {
+        let tab = parse("a: 1\t# c\n").unwrap_err();
+        assert!(tab.is_ignored_by_cloud_init());
+        assert!(
+            tab.message
+                .starts_with("cloud-init ignores this file (PyYAML: "),
+            "{tab}"
+        );
+        assert_eq!(
+            tab.problem(),
+            "while scanning for the next token: found character '\\t' that cannot start any token"
+        );
+        let list = parse("- a\n").unwrap_err();
+        assert!(list.message.ends_with(IGNORED_NOTE), "{list}");
+        assert!(!list.problem().contains("cloud-init"), "{}", list.problem());
+        assert!(
+            list.problem().starts_with("the top level is a"),
+            "{}",
+            list.problem()
+        );
+    }
 
     #[test]
     fn plain_scalars_resolve_as_yaml_1_1() {

@@ -373,19 +373,12 @@ fn read_config_text(text: &str) -> Result<(Document, Option<Ignored>), ParseErro
     }
     match document::parse(text) {
         Ok(doc) => Ok((doc, None)),
-        Err(e) if cloud_init_ignores(&e) => {
-            // The loader may already say that cloud-init ignores the file;
-            // keep only what PyYAML says.
-            let problem = e
-                .message
-                .strip_prefix("cloud-init ignores this file (PyYAML: ")
-                .and_then(|m| m.strip_suffix(')'))
-                .unwrap_or(&e.message);
-            let problem = problem
-                .split(" (cloud-init would ignore this file)")
-                .next()
-                .unwrap_or(problem)
-                .to_string();
+        // PyYAML's errors (`YAMLError`) and a top level that is not a
+        // mapping (`TypeError`) are caught by `load_yaml`: cloud-init reads
+        // the file as `{}`. Only our own limits, and what cloud-init itself
+        // fails on, refuse.
+        Err(e) if e.is_ignored_by_cloud_init() => {
+            let problem = e.problem().to_string();
             Ok((
                 Document { root: None },
                 Some(Ignored {
@@ -411,14 +404,6 @@ fn template_kind(text: &str) -> Option<String> {
         return None;
     }
     Some(python_strip(&python_lower(&rest[9..])))
-}
-
-/// Whether cloud-init reads a text we cannot parse as `{}`. PyYAML's errors
-/// (`YAMLError`), a top level that is not a mapping (`TypeError`) are
-/// caught by `load_yaml`; only our own limits on size and depth are not
-/// PyYAML's verdict, and refuse.
-fn cloud_init_ignores(e: &ParseError) -> bool {
-    e.is_ignored_by_cloud_init()
 }
 
 /// `read_conf_with_confd`'s merge: the drop-ins from the last read down,

@@ -62,6 +62,10 @@ pub enum ErrorKind {
 /// Said by refusals from our bounds, as the document loader says it.
 pub const BEYOND_A_BOUND: &str = "beyond what prepare-image reads";
 
+/// Ends refusals that are not PyYAML's own words (a top level that is not a
+/// mapping: `load_yaml`'s TypeError), so that a reader can tell them apart.
+pub const IGNORED_NOTE: &str = " (cloud-init would ignore this file)";
+
 /// Why PyYAML refuses a text. `line` and `column` are 1-based and point at
 /// PyYAML's problem mark; `message` is PyYAML's own text (with the context
 /// mark, where it has one, in parentheses).

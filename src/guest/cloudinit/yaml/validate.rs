@@ -80,8 +80,9 @@ pub fn check(text: &str) -> Result<(), YamlError> {
             return Err(refused(
                 None,
                 format!(
-                    "the top level is a {}, not a mapping of settings (cloud-init would ignore this file)",
-                    node.tag()
+                    "the top level is a {}, not a mapping of settings{}",
+                    node.tag(),
+                    super::IGNORED_NOTE
                 ),
                 node.mark,
             ));
