@@ -185,3 +185,77 @@ fn the_dword_writer_changes_only_the_written_values_in_hivexs_export() {
         assert_eq!(written.changed.len(), 5, "{:?}", written.changed);
     }
 }
+
+/// hivex as the writer: keys and values hivex adds (new cells, new lists,
+/// its own base block update) are read by our reader, and our writer's
+/// edit of a value hivex made reads back in hivex.
+#[test]
+fn our_reader_and_writer_work_on_a_hive_hivex_wrote() {
+    let dir = TempDir::new().unwrap();
+    let built = system_hive().root_last().build();
+    let path = save(&dir, "SYSTEM", &built);
+    let reg = dir.path().join("merge.reg");
+    std::fs::write(
+        &reg,
+        "[\\ControlSet001\\Services\\added]\n\
+         \"Start\"=dword:00000004\n\
+         \"ObjectName\"=\"LocalSystem\"\n\
+         \"Filters\"=hex(7):61,00,00,00,62,00,00,00,00,00\n\
+         \n\
+         [\\Cloudbase Solutions]\n\n\
+         [\\Cloudbase Solutions\\Cloudbase-Init]\n\n\
+         [\\Cloudbase Solutions\\Cloudbase-Init\\i-1]\n\n\
+         [\\Cloudbase Solutions\\Cloudbase-Init\\i-1\\Plugins]\n\
+         \"LocalScriptsPlugin\"=dword:00000001\n",
+    )
+    .unwrap();
+    run(
+        "hivexregedit",
+        &["--merge", path.to_str().unwrap(), reg.to_str().unwrap()],
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes.len() > built.len(),
+        "hivex added a hive bin: more than one bin is read"
+    );
+    {
+        let hive = Hive::parse(&bytes).unwrap();
+        let added = hive
+            .open("controlset001\\services\\ADDED")
+            .unwrap()
+            .unwrap();
+        assert_eq!(added.dword("Start").unwrap(), Some(4));
+        assert_eq!(
+            added.string("ObjectName").unwrap().as_deref(),
+            Some("LocalSystem")
+        );
+        assert_eq!(added.strings("Filters").unwrap().unwrap(), ["a", "b"]);
+        // What was there before the merge is still read.
+        let service = hive.open(SERVICE).unwrap().unwrap();
+        assert_eq!(service.dword("Start").unwrap(), Some(3));
+    }
+    let plugins = "Cloudbase Solutions\\Cloudbase-Init\\i-1\\Plugins";
+    set_dwords(
+        &mut bytes,
+        &[
+            DwordWrite {
+                key: plugins.into(),
+                value: "LocalScriptsPlugin".into(),
+                to: 2,
+            },
+            DwordWrite {
+                key: "ControlSet001\\Services\\added".into(),
+                value: "Start".into(),
+                to: 2,
+            },
+        ],
+        0x01DA_0000_0000_0000,
+    )
+    .unwrap();
+    let after = save(&dir, "after", &bytes);
+    assert_eq!(hivexget(&after, plugins, "LocalScriptsPlugin"), "2");
+    assert_eq!(
+        hivexget(&after, "ControlSet001\\Services\\added", "Start"),
+        "2"
+    );
+}
