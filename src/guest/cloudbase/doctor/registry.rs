@@ -85,6 +85,84 @@ pub struct RegistryReport {
     /// The live install's `ImagePath` (which Cloudbase-Init runs: 64-bit
     /// `Program Files` or 32-bit `Program Files (x86)`).
     pub image_path: Option<String>,
+    /// Where that install and its conf file are, from `ImagePath`.
+    pub live_install: Option<LiveInstall>,
+}
+
+/// The install the service runs, as paths relative to the Windows volume's
+/// root with `/` separators (`Program Files/Cloudbase Solutions/Cloudbase-Init`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveInstall {
+    /// The install directory: the part of the program's path before its
+    /// `bin` or `Python` directory.
+    pub install_dir: String,
+    /// The `--config-file` the service passes, if any.
+    pub config_file: Option<String>,
+}
+
+/// Reads the service's command line: `"C:\...\Cloudbase-Init\bin\OpenStackService.exe"
+/// cloudbase-init "C:\...\Python\Scripts\cloudbase-init.exe" --config-file
+/// "C:\...\conf\cloudbase-init.conf"` (the installer's form) or just the
+/// program. `None` when no path under a drive is found.
+pub fn live_install(image_path: &str) -> Option<LiveInstall> {
+    let line = image_path.trim_start();
+    // An unquoted program path may hold spaces: Windows tries each prefix;
+    // the program is the part up to `.exe`.
+    let unquoted_program = (!line.starts_with('"'))
+        .then(|| {
+            line.to_ascii_lowercase()
+                .find(".exe")
+                .map(|end| &line[..end + 4])
+        })
+        .flatten();
+    let words = command_words(line);
+    let program = volume_relative(unquoted_program.or(words.first().map(String::as_str))?)?;
+    let lower = program.to_ascii_lowercase();
+    let cut = ["/bin/", "/python/"]
+        .iter()
+        .filter_map(|dir| lower.find(dir))
+        .min()?;
+    let config_file = words
+        .iter()
+        .position(|w| w.eq_ignore_ascii_case("--config-file"))
+        .and_then(|i| words.get(i + 1))
+        .and_then(|w| volume_relative(w));
+    Some(LiveInstall {
+        install_dir: program[..cut].to_string(),
+        config_file,
+    })
+}
+
+/// Splits a Windows command line on spaces outside double quotes.
+fn command_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' | '\t' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// `C:\Program Files\X` → `Program Files/X`; `%SystemRoot%\...` and
+/// relative paths → `None`.
+fn volume_relative(path: &str) -> Option<String> {
+    let rest = path
+        .get(2..)
+        .filter(|_| path.as_bytes().get(1) == Some(&b':'))?;
+    let rest = rest.trim_start_matches('\\');
+    (!rest.is_empty()).then(|| rest.replace('\\', "/"))
 }
 
 // The ids these checks raise; a test keeps them and findings/windows.yaml equal.
@@ -261,6 +339,7 @@ fn check_service(checks: &mut Checks, set_name: &str, set: &Key) -> Result<(), H
                 format!("{path}\\ImagePath = {image}"),
                 None,
             );
+            checks.report.live_install = live_install(&image);
             checks.report.image_path = Some(image);
         }
         _ => checks.raise(

@@ -445,3 +445,31 @@ fn a_damaged_key_is_a_finding_and_the_other_checks_still_run() {
     assert_eq!(f.id, "registry-hive-unreadable");
     assert!(ids(&report, Severity::Ok).contains(&"removable-storage-policy-allows-cdrom"));
 }
+
+#[test]
+fn the_live_install_is_read_from_image_path() {
+    let installer = "\"C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\bin\\OpenStackService.exe\" cloudbase-init \"C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\Python\\Scripts\\cloudbase-init.exe\" --config-file \"C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\conf\\cloudbase-init.conf\"";
+    assert_eq!(
+        live_install(installer),
+        Some(LiveInstall {
+            install_dir: "Program Files/Cloudbase Solutions/Cloudbase-Init".into(),
+            config_file: Some(
+                "Program Files/Cloudbase Solutions/Cloudbase-Init/conf/cloudbase-init.conf".into()
+            ),
+        })
+    );
+    let x86 =
+        "C:\\PROGRA~2\\Cloudbase Solutions\\Cloudbase-Init\\Python\\Scripts\\cloudbase-init.exe";
+    assert_eq!(
+        live_install(x86).unwrap().install_dir,
+        "PROGRA~2/Cloudbase Solutions/Cloudbase-Init"
+    );
+    for odd in ["", "cloudbase-init.exe", "%SystemRoot%\\x.exe", "C:\\x.exe"] {
+        assert_eq!(live_install(odd), None, "{odd}");
+    }
+    let report = run(&good_system(), &good_software());
+    assert_eq!(
+        report.live_install.unwrap().install_dir,
+        "Program Files/Cloudbase Solutions/Cloudbase-Init"
+    );
+}
