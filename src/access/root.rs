@@ -544,8 +544,8 @@ impl Root {
         }
     }
 
-    /// Whether this root can be written (a directory); a user-space root is read-only.
-    pub fn is_writable_backend(&self) -> bool {
+    /// Whether this root is a directory (which can be written); a user-space root is read-only.
+    pub fn is_directory(&self) -> bool {
         matches!(self.backend, Backend::Directory(_))
     }
 

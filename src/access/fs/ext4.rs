@@ -397,3 +397,103 @@ mod tests {
         assert!(user.remove_tree(Path::new("etc"), false).is_err());
     }
 }
+
+/// Mutated small images: every answer is a value or an error, never a panic or an abort on a
+/// huge allocation (a bounded run in CI; more with PROPTEST_CASES).
+#[cfg(test)]
+mod fuzz {
+    use std::path::Path;
+    use std::sync::{Arc, OnceLock};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::access::image::block::{in_bounds, past_end};
+    use crate::access::root::Root;
+
+    struct Bytes(Vec<u8>);
+
+    impl BlockSource for Bytes {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            if !in_bounds(offset, buf.len(), self.len()) {
+                return Err(past_end(offset, buf.len(), self.len()));
+            }
+            let start = offset as usize;
+            buf.copy_from_slice(&self.0[start..start + buf.len()]);
+            Ok(())
+        }
+    }
+
+    /// A 1 MiB ext4 (1 KiB blocks, journal) holding a cloud-init tree with links.
+    fn pristine() -> &'static Vec<u8> {
+        static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
+        IMAGE.get_or_init(|| {
+            let work = tempfile::tempdir().unwrap();
+            let tree = work.path().join("tree");
+            std::fs::create_dir_all(tree.join("etc/cloud/cloud.cfg.d")).unwrap();
+            std::fs::write(
+                tree.join("etc/cloud/cloud.cfg"),
+                "users: [default]\n".repeat(80),
+            )
+            .unwrap();
+            std::fs::write(tree.join("etc/cloud/cloud.cfg.d/90.cfg"), "a: 1\n").unwrap();
+            std::os::unix::fs::symlink("/etc/cloud/cloud.cfg", tree.join("etc/link")).unwrap();
+            std::os::unix::fs::symlink("d/".repeat(40), tree.join("etc/long")).unwrap();
+            let image = work.path().join("fs.img");
+            let ok = std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-b", "1024", "-N", "32", "-d"])
+                .arg(&tree)
+                .arg(&image)
+                .arg("1M")
+                .status()
+                .expect("mkfs.ext4 (e2fsprogs) runs")
+                .success();
+            assert!(ok);
+            std::fs::read(image).unwrap()
+        })
+    }
+
+    /// What `status` reads, through the confined walk.
+    fn read_all(root: &Root) {
+        let _ = root.read_file_prefix(Path::new("etc/cloud/cloud.cfg"), 1 << 20);
+        let _ = root.list_dir(Path::new("etc/cloud/cloud.cfg.d"));
+        let _ = root.read_file(Path::new("etc/link"));
+        let _ = root.read_link(Path::new("etc/long"));
+        let _ = root.list_dir(Path::new("/"));
+        let _ = root.remove_tree(Path::new("etc"), true);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_mutated_image_gives_an_answer_never_a_crash(
+            flips in proptest::collection::vec((0usize..(80 * 1024), any::<u8>()), 1..24)
+        ) {
+            let mut bytes = pristine().clone();
+            for (at, value) in flips {
+                bytes[at] = value;
+            }
+            let source: Arc<dyn BlockSource> = Arc::new(Bytes(bytes));
+            if let Ok(fs) = Ext4Fs::load(Window::whole(source)) {
+                read_all(&Root::from_reader(Box::new(fs), PathBuf::from("/img")));
+            }
+        }
+    }
+
+    #[test]
+    fn the_pristine_image_reads() {
+        let source: Arc<dyn BlockSource> = Arc::new(Bytes(pristine().clone()));
+        let root = Root::from_reader(
+            Box::new(Ext4Fs::load(Window::whole(source)).unwrap()),
+            PathBuf::from("/img"),
+        );
+        let cfg = root.read_file(Path::new("etc/link")).unwrap();
+        assert_eq!(cfg.path, Path::new("etc/cloud/cloud.cfg"));
+        assert_eq!(cfg.bytes.len(), 17 * 80);
+    }
+}

@@ -333,3 +333,18 @@ impl Tree for ReaderTree<'_> {
         }
     }
 }
+
+/// The user-space reader for a filesystem kind, loaded on `window`; `None` when there is none
+/// (then a root user falls back to the kernel mount). Readers of further kinds add an arm here.
+pub fn reader_for(
+    kind: &crate::access::image::fstype::FsKind,
+    window: crate::access::image::block::Window,
+) -> Option<io::Result<Box<dyn FsRead>>> {
+    use crate::access::image::fstype::FsKind;
+    match kind {
+        FsKind::Ext { .. } => {
+            Some(ext4::Ext4Fs::load(window).map(|fs| Box::new(fs) as Box<dyn FsRead>))
+        }
+        _ => None,
+    }
+}

@@ -11,5 +11,7 @@ pub mod loopdev;
 pub mod mount;
 pub mod open;
 pub mod partition;
+pub mod qcow2;
 pub mod qemu;
 pub mod tempdirs;
+pub mod userspace;

@@ -265,7 +265,7 @@ pub(super) fn read_link(
 }
 
 /// Plans a removal (`dry_run`): every path below `rel`, children before their directory, as the
-/// directory root lists them. Removing needs the image mounted.
+/// directory root lists them. Removing anything needs the image mounted.
 pub(super) fn remove_tree(
     root: &Root,
     reader: &dyn FsRead,
@@ -273,14 +273,15 @@ pub(super) fn remove_tree(
     dry_run: bool,
 ) -> Result<Vec<EntryStat>, AccessError> {
     let ctx = Ctx::new(root, Op::Write, rel);
-    if !dry_run {
-        return Err(read_only(&ctx));
-    }
     let Some((path, abs, _)) = parent_and_name(&ctx, reader, rel)? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
     plan_below(&ctx, reader, &path, &abs, 0, &mut out)?;
+    // Removing nothing succeeds, as on a directory; removing something needs the mount.
+    if !dry_run && !out.is_empty() {
+        return Err(read_only(&ctx));
+    }
     Ok(out)
 }
 
