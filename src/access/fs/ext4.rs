@@ -408,25 +408,8 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::access::image::block::{in_bounds, past_end};
+    use crate::access::image::block::Bytes;
     use crate::access::root::Root;
-
-    struct Bytes(Vec<u8>);
-
-    impl BlockSource for Bytes {
-        fn len(&self) -> u64 {
-            self.0.len() as u64
-        }
-
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            if !in_bounds(offset, buf.len(), self.len()) {
-                return Err(past_end(offset, buf.len(), self.len()));
-            }
-            let start = offset as usize;
-            buf.copy_from_slice(&self.0[start..start + buf.len()]);
-            Ok(())
-        }
-    }
 
     /// A 1 MiB ext4 (1 KiB blocks, journal) holding a cloud-init tree with links.
     fn pristine() -> &'static Vec<u8> {

@@ -198,26 +198,29 @@ impl Seek for Cursor {
     }
 }
 
+/// A disk held in memory, for tests.
+#[cfg(test)]
+pub(crate) struct Bytes(pub Vec<u8>);
+
+#[cfg(test)]
+impl BlockSource for Bytes {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if !in_bounds(offset, buf.len(), self.len()) {
+            return Err(past_end(offset, buf.len(), self.len()));
+        }
+        let start = offset as usize;
+        buf.copy_from_slice(&self.0[start..start + buf.len()]);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Bytes(Vec<u8>);
-
-    impl BlockSource for Bytes {
-        fn len(&self) -> u64 {
-            self.0.len() as u64
-        }
-
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            if !in_bounds(offset, buf.len(), self.len()) {
-                return Err(past_end(offset, buf.len(), self.len()));
-            }
-            let start = offset as usize;
-            buf.copy_from_slice(&self.0[start..start + buf.len()]);
-            Ok(())
-        }
-    }
 
     fn disk() -> Arc<dyn BlockSource> {
         Arc::new(Bytes((0..=255).collect()))
