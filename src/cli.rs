@@ -517,7 +517,10 @@ fn clean_pending(target: &Target, plan: &Plan, cleaning: Option<clean::Options>)
 /// Locks the root, reads the configuration in the target and plans the
 /// keep; the lock is held until the plan is written (or not).
 fn plan_on(target: &Target, selected: &[&Profile], mode: LockMode) -> Result<(RootLock, Plan)> {
-    interrupt::pause_point("mounted")?;
+    // An image read in user space is not mounted: the point is the mount made to write.
+    if target.root().is_directory() {
+        interrupt::pause_point("mounted")?;
+    }
     let lock = lock::lock(target.root(), mode)?;
     let set = effective::load(target.root())?;
     let plan = plan::plan(&set, selected)?;

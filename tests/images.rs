@@ -669,6 +669,10 @@ fn full_cycle(ctx: &Ctx, case: &Case) {
     let json_image = image_json(image, case.format, case.table, number, case.fs.name());
     let head = headline(image, case.format, case.table, number, case.fs.name());
     let before = sha256(image);
+    rootless_reads_agree(ctx, case);
+    if read_in_user_space(case.format, case.fs) {
+        compare_with_kernel(ctx, case);
+    }
 
     let status = ctx.run(&["status", img, "--format", "json"]);
     assert_eq!(status.code, Some(0), "{what}: {status:?}");
@@ -765,6 +769,121 @@ fn full_cycle(ctx: &Ctx, case: &Case) {
     assert_eq!(cfg, e.edited, "{what}: cloud.cfg inside the image");
     assert_eq!(dropin, e.dropin, "{what}: the drop-in is not touched");
     ctx.assert_released(false);
+}
+
+/// Which images the binary reads in user space (no root, no loop device, no mount); the others
+/// still need the kernel's mount and so root.
+fn read_in_user_space(format: Format, fs: Fs) -> bool {
+    matches!(format, Format::Raw | Format::Qcow2) && fs == Fs::Ext4
+}
+
+/// The read-only commands, as an unprivileged user: the same answer as root where the image is
+/// read in user space (an unprivileged user cannot attach a loop device or mount, so success
+/// shows neither was used), else a one-line error asking for root.
+fn rootless_reads_agree(ctx: &Ctx, case: &Case) {
+    let img = path_str(case.image);
+    let what = format!(
+        "{img} ({:?} {:?}) as {}",
+        case.format,
+        case.fs,
+        common_images::UNPRIVILEGED
+    );
+    let commands: [&[&str]; 5] = [
+        &["status", img],
+        &["status", img, "--format", "json"],
+        &["--keep", KEEP, "--check", img],
+        &["--keep", KEEP, "--dry-run", img],
+        &["doctor", img],
+    ];
+    for args in commands {
+        let user = ctx.run_unprivileged(args);
+        if read_in_user_space(case.format, case.fs) {
+            let root = ctx.run(args);
+            assert_eq!(
+                (user.code, &user.stdout, &user.stderr),
+                (root.code, &root.stdout, &root.stderr),
+                "{what}: {args:?}"
+            );
+        } else {
+            let line = user.one_error();
+            assert!(line.contains("run prepare-image as root"), "{what}: {line}");
+        }
+    }
+    ctx.assert_released(false);
+}
+
+/// Every name in the root partition, read by the binary's user-space reader and through the
+/// kernel's mount: the same names, bytes, links, modes and owners.
+fn compare_with_kernel(ctx: &Ctx, case: &Case) {
+    use prepare_image::access::image::open::RootMarker;
+    use prepare_image::access::image::userspace;
+    let marker = RootMarker {
+        path: CLOUD_CFG,
+        missing_hint: "",
+    };
+    let opened = userspace::open(case.image, Some(case.loc.number), false, marker)
+        .unwrap()
+        .unwrap_or_else(|why| panic!("{}: {}", case.image.display(), why.0));
+    let user = opened.root();
+    let (files, entries) = ctx.inspect(case.image, case.loc, case.fs, false, |mnt| {
+        let mut files = 0;
+        let mut entries = 0;
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let mut names: Vec<_> = std::fs::read_dir(mnt.join(&rel))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            let listed: Vec<_> = user
+                .list_dir(&rel)
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            assert_eq!(listed, names, "{}", rel.display());
+            for name in names {
+                entries += 1;
+                let rel = rel.join(&name);
+                let host = mnt.join(&rel);
+                let meta = std::fs::symlink_metadata(&host).unwrap();
+                if meta.is_dir() {
+                    stack.push(rel);
+                } else if meta.file_type().is_symlink() {
+                    assert_eq!(
+                        user.read_link(&rel).unwrap(),
+                        Some(std::fs::read_link(&host).unwrap()),
+                        "{}",
+                        rel.display()
+                    );
+                } else if meta.is_file() {
+                    use std::os::unix::fs::MetadataExt;
+                    let read = user.read_file(&rel).unwrap();
+                    assert!(
+                        read.bytes == std::fs::read(&host).unwrap(),
+                        "{}",
+                        rel.display()
+                    );
+                    assert_eq!(
+                        (read.mode, read.uid, read.gid),
+                        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+                        "{}",
+                        rel.display()
+                    );
+                    files += 1;
+                }
+            }
+        }
+        (files, entries)
+    });
+    assert!(files > 0);
+    eprintln!(
+        "byte-for-byte {} ({:?} {:?}): {files} files, {entries} names agree with the kernel mount",
+        case.image.display(),
+        case.format,
+        case.fs
+    );
 }
 
 /// A disk of `layout` whose root (with `Tree::Root`) is `fs`, next to what
@@ -1565,13 +1684,14 @@ fn missing_qemu_storage_daemon_names_the_package() {
     let qcow2 = ctx.path("nodaemon.qcow2");
     convert(&disk.path, &qcow2, Format::Qcow2);
     let before = sha256(&qcow2);
-    // An empty PATH: the binary finds no helper program at all.
+    // An empty PATH: the binary finds no helper program at all. A qcow2 is read in user
+    // space, so the daemon is needed only to write: a real run plans, then stops there.
     let empty = ctx.path("empty-path");
     std::fs::create_dir(&empty).unwrap();
     let out = ctx
         .command()
         .env("PATH", &empty)
-        .args(["--keep", KEEP, "--dry-run", path_str(&qcow2)])
+        .args(["--keep", KEEP, path_str(&qcow2)])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");

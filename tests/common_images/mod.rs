@@ -451,3 +451,74 @@ impl Scratch {
             .collect()
     }
 }
+
+// ---------------------------------------------------------------------------
+// Runs as an unprivileged user: the read-only commands must work without
+// root, loop devices or mounts.
+
+/// The system user the rootless runs use; created on first use.
+pub const UNPRIVILEGED: &str = "prepare-image-test";
+
+fn ensure_unprivileged_user() {
+    for _ in 0..50 {
+        let exists = Command::new("id")
+            .args(["-u", UNPRIVILEGED])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| spawn_error("id", e))
+            .success();
+        if exists {
+            return;
+        }
+        // Exit 9: created meanwhile by a parallel test; 10: /etc/passwd locked by one.
+        let _ = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(UNPRIVILEGED)
+            .status()
+            .unwrap_or_else(|e| spawn_error("useradd", e));
+        sleep(Duration::from_millis(100));
+    }
+    panic!("could not create the user {UNPRIVILEGED} (useradd, package passwd)");
+}
+
+impl Scratch {
+    /// Runs the binary as [`UNPRIVILEGED`] (a copy of it in this world, so
+    /// the user can reach it wherever the build lives). The world's
+    /// directories become readable to it; TMPDIR writable.
+    pub fn run_unprivileged(&self, args: &[&str]) -> Output {
+        use std::os::unix::fs::PermissionsExt;
+        ensure_unprivileged_user();
+        let binary = self.path("unprivileged-prepare-image");
+        if !binary.exists() {
+            std::fs::copy(assert_cmd::cargo::cargo_bin("prepare-image"), &binary).unwrap();
+        }
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(&binary, 0o755);
+        mode(self.dir.path(), 0o755);
+        mode(&self.tmp, 0o1777);
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={UNPRIVILEGED}"))
+            .arg(format!("--regid={UNPRIVILEGED}"))
+            .args(["--clear-groups", "--"])
+            .arg(&binary)
+            .args(args)
+            .env("TMPDIR", &self.tmp)
+            .env_remove("PREPARE_IMAGE_PAUSE")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap_or_else(|e| spawn_error("setpriv", e));
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    }
+}

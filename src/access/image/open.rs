@@ -50,6 +50,18 @@ pub struct OpenedImage {
 }
 
 impl OpenedImage {
+    /// An image read in user space: nothing attached or mounted, nothing to release.
+    pub(super) fn in_user_space(root: Root, info: ImageInfo) -> OpenedImage {
+        OpenedImage {
+            root: Some(root),
+            mount: None,
+            loop_device: None,
+            raw: None,
+            view: None,
+            info,
+        }
+    }
+
     pub fn root(&self) -> &Root {
         self.root.as_ref().expect("open until closed")
     }
@@ -106,6 +118,19 @@ pub fn open(
     allow_backing: bool,
     marker: RootMarker,
 ) -> Result<OpenedImage> {
+    // Reads go through user space; the kernel mounts only to write, or for a root user when
+    // no user-space reader reads the image yet.
+    if !writable {
+        match super::userspace::open(path, partition, allow_backing, marker)? {
+            Ok(opened) => return Ok(opened),
+            Err(why) if !nix::unistd::geteuid().is_root() => bail!(
+                "{}: {}; reading it needs a loop device and a mount: run prepare-image as root",
+                path.display(),
+                why.0
+            ),
+            Err(_) => {}
+        }
+    }
     preflight()?;
     super::tempdirs::sweep_stale();
     let display = path.display().to_string();
@@ -155,47 +180,13 @@ pub fn open(
     let size = raw.metadata()?.len();
     opened.info.virtual_size = size;
     let layout = partition::read_layout(&mut raw, size).map_err(|e| anyhow!("{display}: {e}"))?;
-    opened.info.table = match layout.table {
-        Table::Gpt { sector_size } => format!("gpt ({sector_size}-byte sectors)"),
-        Table::Mbr => "mbr".to_string(),
-        Table::None => "none".to_string(),
-    };
-    let mut kinds = Vec::new();
-    for p in &layout.partitions {
-        kinds.push((
-            p.clone(),
-            fstype::detect(&mut raw, p.offset)
-                .with_context(|| format!("reading partition {} of {display}", p.number))?,
-        ));
-    }
-    interrupt::check()?;
-    if layout.table == Table::None && kinds.iter().all(|(_, k)| *k == FsKind::Unknown) {
-        // Neither a table nor a filesystem: "no partition holds cloud.cfg;
-        // is cloud-init installed?" would send the user the wrong way.
-        if format == ImageFormat::Raw {
-            bail!(
-                "{display} is not a disk image prepare-image can read: it has no qcow2, vmdk, vhd or vhdx header, no partition table (GPT or MBR) and no filesystem it recognises (ext2/3/4, xfs, btrfs)"
-            );
-        }
-        bail!(
-            "{display} ({}) holds no partition table (GPT or MBR) and no filesystem prepare-image recognises: is the disk empty?",
-            format.name()
-        );
-    }
+    opened.info.table = table_name(layout.table);
+    let kinds = partition_kinds(&mut raw, &layout, &display)?;
+    refuse_unrecognised(&display, format, &layout, &kinds)?;
 
     let (chosen, kind, probe) = match partition {
         Some(number) => {
-            let (p, kind) = kinds
-                .iter()
-                .find(|(p, _)| p.number == number)
-                .cloned()
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{display} has no partition {number} (it has: {})",
-                        describe(&kinds)
-                    )
-                })?;
-            refuse_unmountable(&display, &p, &kind)?;
+            let (p, kind) = chosen_by_hand(&display, &kinds, number)?;
             (p, kind, None)
         }
         None => find_root(&raw, &raw_path, &display, &kinds, !writable, marker)?,
@@ -232,6 +223,75 @@ pub fn open(
     Ok(opened)
 }
 
+/// How a report names a partition table.
+pub(super) fn table_name(table: Table) -> String {
+    match table {
+        Table::Gpt { sector_size } => format!("gpt ({sector_size}-byte sectors)"),
+        Table::Mbr => "mbr".to_string(),
+        Table::None => "none".to_string(),
+    }
+}
+
+/// What each partition holds (a disk without a table is one partition, number 0).
+pub(super) fn partition_kinds<R: std::io::Read + std::io::Seek + ?Sized>(
+    raw: &mut R,
+    layout: &partition::Layout,
+    display: &str,
+) -> Result<Vec<(Partition, FsKind)>> {
+    let mut kinds = Vec::new();
+    for p in &layout.partitions {
+        kinds.push((
+            p.clone(),
+            fstype::detect(raw, p.offset)
+                .with_context(|| format!("reading partition {} of {display}", p.number))?,
+        ));
+    }
+    interrupt::check()?;
+    Ok(kinds)
+}
+
+/// Partition `number` (from --partition), if it exists and holds a filesystem that can be read.
+pub(super) fn chosen_by_hand(
+    display: &str,
+    kinds: &[(Partition, FsKind)],
+    number: u32,
+) -> Result<(Partition, FsKind)> {
+    let (p, kind) = kinds
+        .iter()
+        .find(|(p, _)| p.number == number)
+        .cloned()
+        .ok_or_else(|| {
+            anyhow!(
+                "{display} has no partition {number} (it has: {})",
+                describe(kinds)
+            )
+        })?;
+    refuse_unmountable(display, &p, &kind)?;
+    Ok((p, kind))
+}
+
+pub(super) fn refuse_unrecognised(
+    display: &str,
+    format: ImageFormat,
+    layout: &partition::Layout,
+    kinds: &[(Partition, FsKind)],
+) -> Result<()> {
+    if layout.table == Table::None && kinds.iter().all(|(_, k)| *k == FsKind::Unknown) {
+        // Neither a table nor a filesystem: "no partition holds cloud.cfg;
+        // is cloud-init installed?" would send the user the wrong way.
+        if format == ImageFormat::Raw {
+            bail!(
+                "{display} is not a disk image prepare-image can read: it has no qcow2, vmdk, vhd or vhdx header, no partition table (GPT or MBR) and no filesystem it recognises (ext2/3/4, xfs, btrfs)"
+            );
+        }
+        bail!(
+            "{display} ({}) holds no partition table (GPT or MBR) and no filesystem prepare-image recognises: is the disk empty?",
+            format.name()
+        );
+    }
+    Ok(())
+}
+
 fn preflight() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -254,7 +314,7 @@ fn preflight() -> Result<()> {
 /// its mount namespace. A device that stays (`mount -o loop`) is refused.
 const AUTOCLEAR_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-fn refuse_if_in_use(image: &File, display: &str) -> Result<()> {
+pub(super) fn refuse_if_in_use(image: &File, display: &str) -> Result<()> {
     let mut attached = loopdev::attached_to(image);
     let deadline = std::time::Instant::now() + AUTOCLEAR_GRACE;
     while !attached.is_empty()
@@ -316,15 +376,13 @@ fn refuse_unmountable(display: &str, p: &Partition, kind: &FsKind) -> Result<()>
 }
 
 /// What the root marker (e.g. `etc/cloud/cloud.cfg`) says when it is a symbolic link to nothing
-/// (the link as written). The directory is resolved inside the root first,
-/// so reading the link from the mountpoint follows no link of the image.
-fn dangling_link_target(root: &Root, mountpoint: &Path, marker: &str) -> Option<PathBuf> {
+/// (the link as written). The directory is resolved inside the root first.
+pub(super) fn dangling_link_target(root: &Root, marker: &str) -> Option<PathBuf> {
     let cfg = Path::new(marker);
     if root.exists(cfg) {
         return None;
     }
-    let dir = root.resolve(cfg.parent()?).ok()?;
-    std::fs::read_link(mountpoint.join(dir).join(cfg.file_name()?)).ok()
+    root.read_link(cfg).ok().flatten()
 }
 
 /// A partition probed read-only and still mounted, so a read-only run can
@@ -366,10 +424,7 @@ fn find_root(
         };
         let root = Root::open(mount.path()).ok();
         let found = root.as_ref().is_some_and(|r| r.exists(Path::new(marker)));
-        if !found
-            && let Some(target) = root
-                .as_ref()
-                .and_then(|r| dangling_link_target(r, mount.path(), marker))
+        if !found && let Some(target) = root.as_ref().and_then(|r| dangling_link_target(r, marker))
         {
             dangling.get_or_insert((p.number, target));
         }
@@ -385,11 +440,21 @@ fn find_root(
             candidates.push((p.clone(), *kind));
         }
     }
+    let (p, kind) = pick(display, kinds, candidates, dangling, marker, hint)?;
+    Ok((p, kind, kept))
+}
+
+/// The root among the partitions that hold the marker, or why there is none.
+pub(super) fn pick(
+    display: &str,
+    kinds: &[(Partition, FsKind)],
+    mut candidates: Vec<(Partition, FsKind)>,
+    dangling: Option<(u32, PathBuf)>,
+    marker: &str,
+    hint: &str,
+) -> Result<(Partition, FsKind)> {
     match candidates.len() {
-        1 => {
-            let (p, kind) = candidates.remove(0);
-            Ok((p, kind, kept))
-        }
+        1 => Ok(candidates.remove(0)),
         0 => {
             if let Some((p, kind)) = kinds.iter().find(|(_, k)| {
                 matches!(

@@ -1,0 +1,147 @@
+//! Opening an image for reading in user space: a block source for its
+//! format, a window per partition, a filesystem reader per partition. No
+//! loop device, no mount, no privileges; the kernel never parses the
+//! image's filesystem. Writes still mount (see `open`), but are planned on
+//! this read first.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow};
+
+use super::block::{BlockSource, FileSource, Window};
+use super::containment;
+use super::format::{self, ImageFormat};
+use super::fstype::FsKind;
+use super::interrupt;
+use super::open::{self, ImageInfo, OpenedImage, RootMarker};
+use super::partition::{self, Partition};
+use super::qcow2::Qcow2Source;
+use crate::access::fs;
+use crate::access::root::Root;
+
+/// Why an image cannot be read in user space, though the kernel may mount it.
+#[derive(Debug)]
+pub struct NeedsKernel(pub String);
+
+/// The disk as a guest sees it, for `format`: `Err(NeedsKernel)` when no user-space source
+/// reads it. Backing files only as `containment` allows (refusals are errors, as for qemu).
+fn source_for(
+    path: &Path,
+    file: File,
+    format: ImageFormat,
+    allow_backing: bool,
+) -> Result<std::result::Result<Arc<dyn BlockSource>, NeedsKernel>> {
+    match format {
+        ImageFormat::Raw => Ok(Ok(Arc::new(FileSource::new(file)?))),
+        ImageFormat::Qcow2 => {
+            let layers = containment::layers(path, &file, format, allow_backing)?;
+            match fs::guarded("opening qcow2", || Qcow2Source::open(file, &layers)) {
+                Ok(source) => Ok(Ok(Arc::new(source))),
+                Err(e) => Ok(Err(NeedsKernel(format!(
+                    "the qcow2 reader refuses it ({e})"
+                )))),
+            }
+        }
+        _ => Ok(Err(NeedsKernel(format!(
+            "{} images are not read in user space yet",
+            format.name()
+        )))),
+    }
+}
+
+/// Opens `path` read-only in user space and finds its root partition as `open::open` does.
+/// `Ok(Err(NeedsKernel))` when some part of it has no user-space reader.
+pub fn open(
+    path: &Path,
+    partition: Option<u32>,
+    allow_backing: bool,
+    marker: RootMarker,
+) -> Result<std::result::Result<OpenedImage, NeedsKernel>> {
+    let display = path.display().to_string();
+    let mut image = File::open(path).with_context(|| format!("opening image {display}"))?;
+    open::refuse_if_in_use(&image, &display)?;
+    let format =
+        format::detect(&mut image).with_context(|| format!("reading the header of {display}"))?;
+    interrupt::check()?;
+    let source = match source_for(path, image, format, allow_backing)? {
+        Ok(source) => source,
+        Err(why) => return Ok(Err(why)),
+    };
+    let disk = Window::whole(source.clone());
+    let layout = partition::read_layout(&mut disk.cursor(), source.len())
+        .map_err(|e| anyhow!("{display}: {e}"))?;
+    let kinds = open::partition_kinds(&mut disk.cursor(), &layout, &display)?;
+    open::refuse_unrecognised(&display, format, &layout, &kinds)?;
+
+    let load = |p: &Partition, kind: &FsKind| -> std::result::Result<Root, NeedsKernel> {
+        let window = Window::new(source.clone(), p.offset, p.size)
+            .map_err(|e| NeedsKernel(format!("partition {}: {e}", p.number)))?;
+        let reader = fs::reader_for(kind, window).ok_or_else(|| {
+            NeedsKernel(format!(
+                "partition {} ({}) has no user-space reader yet",
+                p.number,
+                kind.name()
+            ))
+        })?;
+        let reader = reader.map_err(|e| {
+            NeedsKernel(format!(
+                "partition {} ({}) could not be read in user space: {e}",
+                p.number,
+                kind.name()
+            ))
+        })?;
+        let name = PathBuf::from(format!("{display} (partition {})", p.number));
+        Ok(Root::from_reader(reader, name))
+    };
+
+    let (chosen, kind, root) = match partition {
+        Some(number) => {
+            let (p, kind) = open::chosen_by_hand(&display, &kinds, number)?;
+            match load(&p, &kind) {
+                Ok(root) => (p, kind, root),
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        None => {
+            let mut candidates = Vec::new();
+            let mut roots = Vec::new();
+            let mut dangling = None;
+            for (p, kind) in &kinds {
+                if kind.mount_type().is_none() {
+                    continue;
+                }
+                let root = match load(p, kind) {
+                    Ok(root) => root,
+                    Err(why) => return Ok(Err(why)),
+                };
+                interrupt::check()?;
+                if root.exists(Path::new(marker.path)) {
+                    candidates.push((p.clone(), *kind));
+                    roots.push(root);
+                } else if let Some(target) = open::dangling_link_target(&root, marker.path) {
+                    dangling.get_or_insert((p.number, target));
+                }
+            }
+            let (p, kind) = open::pick(
+                &display,
+                &kinds,
+                candidates,
+                dangling,
+                marker.path,
+                marker.missing_hint,
+            )?;
+            (p, kind, roots.remove(0))
+        }
+    };
+    let info = ImageInfo {
+        path: path.to_path_buf(),
+        format,
+        table: open::table_name(layout.table),
+        partition: chosen.number,
+        filesystem: kind.name().to_string(),
+        virtual_size: source.len(),
+    };
+    Ok(Ok(OpenedImage::in_user_space(root, info)))
+}
