@@ -24,7 +24,9 @@ struct Run {
     exit_code: Option<i32>,
     stdout: String,
     stderr: String,
-    elapsed: Duration,
+    /// CPU time (user + system) of the run: unlike the wall clock it does
+    /// not grow when other work shares the machine.
+    cpu: Duration,
     max_rss_bytes: u64,
 }
 
@@ -88,10 +90,15 @@ fn status(root: &Path, limit: Duration) -> Run {
         exit_code: libc::WIFEXITED(wait_status).then(|| libc::WEXITSTATUS(wait_status)),
         stdout: fs::read_to_string(stdout_path).unwrap(),
         stderr: fs::read_to_string(stderr_path).unwrap(),
-        elapsed: started.elapsed(),
+        cpu: cpu_time(&usage),
         // ru_maxrss is in KiB on Linux.
         max_rss_bytes: usage.ru_maxrss as u64 * 1024,
     }
+}
+
+fn cpu_time(usage: &libc::rusage) -> Duration {
+    let seconds = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Nested aliases: `levels` lists, each repeating the previous one's alias
@@ -117,15 +124,12 @@ fn billion_laughs(levels: usize, width: usize) -> String {
 }
 
 fn assert_bounded(run: &Run, what: &str) {
+    // Memory is the bound asserted; time is only guarded by the kill limit
+    // of `status` (a hang, not a speed target).
     assert!(
         run.max_rss_bytes < MAX_RSS_BYTES,
         "{what}: peak RSS {} MiB",
         run.max_rss_bytes / (1024 * 1024)
-    );
-    assert!(
-        run.elapsed < Duration::from_secs(10),
-        "{what}: took {:?}",
-        run.elapsed
     );
 }
 
@@ -249,23 +253,29 @@ fn nesting_through_aliases_is_bounded() {
 
 #[test]
 fn many_keys_are_read_in_linear_time() {
-    for keys in [8_000, 100_000] {
+    // Linear means ten times the keys cost about ten times the CPU time; a
+    // quadratic key index would cost a hundred times. Compared within one
+    // run, on CPU time, so a loaded machine does not decide the verdict.
+    let cpu = |keys: usize| {
         let mut text: String = (0..keys).map(|i| format!("key{i}: {i}\n")).collect();
         // Duplicates: PyYAML keeps the last value at the first position.
         text += "key7: again\npreserve_hostname: false\npreserve_hostname: true\n";
-        let run = status(root_with(&text).path(), Duration::from_secs(60));
+        let run = status(root_with(&text).path(), Duration::from_secs(120));
         assert_eq!(run.exit_code, Some(0), "{keys} keys: {}", run.stderr);
-        assert!(
-            run.elapsed < Duration::from_secs(30),
-            "{keys} keys: {:?}",
-            run.elapsed
-        );
         assert!(
             run.stdout.contains("preserve_hostname: true"),
             "{}",
             run.stdout
         );
-    }
+        run.cpu
+    };
+    let small = cpu(10_000).max(Duration::from_millis(1));
+    let large = cpu(100_000);
+    let ratio = large.as_secs_f64() / small.as_secs_f64();
+    assert!(
+        ratio < 30.0,
+        "10x the keys took {ratio:.1}x the CPU time ({small:?} -> {large:?}): not linear"
+    );
 }
 
 #[test]
