@@ -12,3 +12,4 @@ pub mod open;
 pub mod partition;
 pub mod qemu;
 pub mod tempdirs;
+pub mod windows;

@@ -1,0 +1,3 @@
+//! Filesystem readers in user space.
+
+pub mod ntfs;
