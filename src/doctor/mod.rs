@@ -16,6 +16,23 @@ use anyhow::{Result, anyhow, bail};
 
 use crate::guest::cloudinit::document::{self, Value};
 
+/// Declares the finding ids a guest's checks may raise: one list, from which
+/// the enum, its strings and `ALL` are made, so the test that every id has a
+/// text (and every text an id) cannot miss one.
+macro_rules! finding_ids {
+    ($($name:ident = $id:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Id { $($name,)* }
+        impl Id {
+            pub const ALL: &[Id] = &[$(Id::$name,)*];
+            pub fn as_str(self) -> &'static str {
+                match self { $(Id::$name => $id,)* }
+            }
+        }
+    };
+}
+pub(crate) use finding_ids;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     /// First boot (or the cloud's import) will fail.

@@ -20,7 +20,7 @@ use anyhow::Result;
 
 use crate::access::image::open::ImageInfo;
 use crate::access::root::Root;
-use crate::doctor::{Evidence, Finding, Texts};
+use crate::doctor::{Evidence, Finding, Texts, finding_ids};
 use crate::guest::cloudinit::document::Value;
 
 pub use python::{ShebangFix, fix_shebangs};
@@ -31,22 +31,6 @@ pub(crate) const TEXT_LIMIT: u64 = 16 << 20;
 
 const TEXTS: &str = include_str!("../../../findings/linux.yaml");
 const PYTHON_DATA: &str = include_str!("../../../findings/linux-python.yaml");
-
-/// Declares the finding ids the checks may raise: one list, from which the
-/// enum, its strings and `ALL` are made, so the test that every id has a
-/// text (and every text an id) cannot miss one.
-macro_rules! finding_ids {
-    ($($name:ident = $id:literal,)*) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Id { $($name,)* }
-        impl Id {
-            pub const ALL: &[Id] = &[$(Id::$name,)*];
-            pub fn as_str(self) -> &'static str {
-                match self { $(Id::$name => $id,)* }
-            }
-        }
-    };
-}
 
 finding_ids! {
     NotInstalled = "cloud-init-not-installed",
