@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
+mod common_hive;
+
 use assert_cmd::Command;
+use common_hive::{HiveBuilder, Val};
 use prepare_image::access::fs::ntfs::{NtfsVolume, PartitionFile};
 use serde_json::Value;
 
@@ -163,18 +166,42 @@ fn disk(dir: &Path, volume: &Path, label: &str) -> PathBuf {
     image
 }
 
-/// The files of a minimal Windows system volume; `drivers` adds the
-/// virtio-win storage and network drivers.
-fn windows_files(drivers: bool) -> Vec<(&'static str, Vec<u8>)> {
+const SERVICE: &str = "ControlSet001\\Services\\cloudbase-init";
+const CDROM: &str = "ControlSet001\\Services\\cdrom";
+const PLUGINS: &str = "Cloudbase Solutions\\Cloudbase-Init\\i-abc123\\Plugins";
+
+/// A SYSTEM hive as the guide wants it: the service Automatic as Local
+/// System, the CD-ROM driver on.
+fn good_system() -> HiveBuilder {
+    HiveBuilder::new()
+        .set("Select", "Current", Val::Dword(1))
+        .set(SERVICE, "Start", Val::Dword(2))
+        .set(SERVICE, "ObjectName", Val::Sz("LocalSystem".into()))
+        .set(
+            SERVICE,
+            "ImagePath",
+            Val::ExpandSz("\"C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\Python\\Scripts\\cloudbase-init.exe\"".into()),
+        )
+        .set(CDROM, "Start", Val::Dword(1))
+}
+
+fn good_software() -> HiveBuilder {
+    let mut b = HiveBuilder::new();
+    b.file_name = "SOFTWARE".into();
+    b.set(PLUGINS, "LocalScriptsPlugin", Val::Dword(2))
+        .key("Policies\\Microsoft\\Windows")
+}
+
+/// The files of a minimal Windows system volume with these hives; `drivers`
+/// adds the virtio-win storage and network drivers.
+fn windows_with(
+    system: &HiveBuilder,
+    software: &HiveBuilder,
+    drivers: bool,
+) -> Vec<(&'static str, Vec<u8>)> {
     let mut files = vec![
-        (
-            "Windows/System32/config/SYSTEM",
-            b"regf placeholder".to_vec(),
-        ),
-        (
-            "Windows/System32/config/SOFTWARE",
-            b"regf placeholder".to_vec(),
-        ),
+        ("Windows/System32/config/SYSTEM", system.build()),
+        ("Windows/System32/config/SOFTWARE", software.build()),
         ("Windows/System32/drivers/disk.sys", b"MZ".to_vec()),
     ];
     if drivers {
@@ -182,6 +209,10 @@ fn windows_files(drivers: bool) -> Vec<(&'static str, Vec<u8>)> {
         files.push(("Windows/System32/drivers/netkvm.sys", b"MZ".to_vec()));
     }
     files
+}
+
+fn windows_files(drivers: bool) -> Vec<(&'static str, Vec<u8>)> {
+    windows_with(&good_system(), &good_software(), drivers)
 }
 
 /// Runs `prepare-image ARGS IMAGE`, expects the exit code, returns (stdout, stderr).
@@ -498,4 +529,69 @@ fn ntfsinfo_reads_a_fresh_volume_log_as_empty() {
         .output()
         .unwrap();
     assert_eq!(&out.stdout[..4], b"RSTR");
+}
+
+/// A SYSTEM and SOFTWARE as the guide's causes leave them: the service
+/// Manual under the installer's account, LocalScriptsPlugin done (1), the
+/// CD-ROM driver disabled.
+fn bad_hives() -> (HiveBuilder, HiveBuilder) {
+    let system = good_system()
+        .set(SERVICE, "Start", Val::Dword(3))
+        .set(SERVICE, "ObjectName", Val::Sz(".\\cloudbase-init".into()))
+        .set(CDROM, "Start", Val::Dword(4));
+    let software = good_software().set(PLUGINS, "LocalScriptsPlugin", Val::Dword(1));
+    (system, software)
+}
+
+const BAD_IDS: [&str; 4] = [
+    "cloudbase-init-service-not-automatic",
+    "cloudbase-init-not-local-system",
+    "local-scripts-plugin-not-2",
+    "cdrom-driver-disabled",
+];
+
+#[test]
+fn doctor_reads_the_registry_of_the_image_good_and_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = ntfs_volume(dir.path(), &windows_files(true));
+    let good = ids(&doctor_json(&disk(dir.path(), &volume, "dos"), 0));
+    for id in [
+        "cloudbase-init-service-automatic",
+        "cloudbase-init-runs-as-local-system",
+        "local-scripts-plugin-ok",
+        "cdrom-driver-enabled",
+    ] {
+        assert!(good.contains(&id.to_string()), "{id} not in {good:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (system, software) = bad_hives();
+    let volume = ntfs_volume(dir.path(), &windows_with(&system, &software, true));
+    let image = disk(dir.path(), &volume, "dos");
+    let report = doctor_json(&image, 4);
+    let bad = ids(&report);
+    for id in BAD_IDS {
+        assert!(bad.contains(&id.to_string()), "{id} not in {bad:?}");
+    }
+    let (text, _) = prepare_image(&["doctor"], &image, 4);
+    assert!(
+        text.contains("sc.exe config cloudbase-init obj= LocalSystem"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_hive_windows_did_not_finish_writing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut system = good_system().build();
+    // The primary sequence number one ahead of the secondary: Windows was
+    // writing the hive (its newest data only in SYSTEM.LOG1/LOG2).
+    let primary = u32::from_le_bytes(system[4..8].try_into().unwrap());
+    system[4..8].copy_from_slice(&(primary + 1).to_le_bytes());
+    common_hive::fix_checksum(&mut system);
+    let mut files = windows_files(true);
+    files[0].1 = system;
+    let volume = ntfs_volume(dir.path(), &files);
+    let image = disk(dir.path(), &volume, "dos");
+    assert_refused(&image, "SYSTEM");
 }

@@ -123,7 +123,7 @@ fn run_windows(
 ) -> Result<Outcome> {
     let result = (|| -> Result<Outcome> {
         let texts = windows_doctor::texts();
-        let findings = windows_doctor::diagnose(&mut win, &texts)?;
+        let findings = windows_doctor::diagnose(&mut win, &texts)?.findings;
         let description = TargetDescription {
             path: win.info.path.clone(),
             image: Some(win.info.clone()),

@@ -2,26 +2,72 @@
 //! unfinished, then run every Windows check over the system volume, read in
 //! user space. The checks are pure functions of what is read here.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
+use super::doctor::registry::{self, RegistryReport, SOFTWARE_HIVE, SYSTEM_HIVE};
 use super::image;
+use super::registry::Hive;
 use crate::access::image::windows::WindowsImage;
 use crate::doctor::{Finding, Texts};
 
 /// The most names read from one directory: System32/drivers holds a few
 /// hundred, the driver store a few thousand.
 const MAX_NAMES: usize = 100_000;
+/// The largest hive read: a real SOFTWARE hive is 50-200 MB.
+pub const MAX_HIVE: u64 = 1 << 30;
 
-/// Every Windows finding's words.
+const REGISTRY_TEXTS: &str = include_str!("../../../findings/windows.yaml");
+const IMAGE_TEXTS: &str = include_str!("../../../findings/windows-image.yaml");
+
+/// Every Windows finding's words: the registry's and the image's files as
+/// one mapping (ids are unique across both: tested below).
 pub fn texts() -> Texts {
-    image::texts()
+    // Checked by the tests; a broken file is a build defect, never input.
+    Texts::parse(&format!("{REGISTRY_TEXTS}\n{IMAGE_TEXTS}"))
+        .expect("findings/windows*.yaml are valid")
+}
+
+/// What doctor found, and the DWORD edits `--fix` may make.
+pub struct Diagnosis {
+    pub findings: Vec<Finding>,
+    pub registry: RegistryReport,
+}
+
+/// Reads a hive whole (capped), refusing one that is missing or too large.
+pub fn read_hive(win: &mut WindowsImage, path: &str) -> Result<Vec<u8>> {
+    match win.volume.read_prefix(path, MAX_HIVE)? {
+        Some((bytes, len)) if len <= MAX_HIVE => Ok(bytes),
+        Some((_, len)) => bail!(
+            "{}: {path} is {len} bytes, more than the {MAX_HIVE} prepare-image reads",
+            win.display()
+        ),
+        None => bail!(
+            "{}: {path} is missing: is Windows installed on this volume?",
+            win.display()
+        ),
+    }
 }
 
 /// The findings on a Windows image, after refusing one Windows left
-/// unfinished (an error: exit 1, nothing read further, nothing written).
-pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Vec<Finding>> {
+/// unfinished (an error: exit 1, nothing written). A hive Windows did not
+/// finish writing is refused the same way.
+pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Diagnosis> {
     win.refuse_unfinished()?;
-    let mut findings = image::check_layout(texts, &win.info.path, win.layout.table, &win.kinds);
+    let system = read_hive(win, SYSTEM_HIVE)?;
+    let software = read_hive(win, SOFTWARE_HIVE)?;
+    let display = win.display();
+    let system =
+        Hive::parse(&system).map_err(|e| anyhow::anyhow!("{display}: {SYSTEM_HIVE}: {e}"))?;
+    let software =
+        Hive::parse(&software).map_err(|e| anyhow::anyhow!("{display}: {SOFTWARE_HIVE}: {e}"))?;
+    let report = registry::check(&system, &software, texts);
+    let mut findings = report.findings.clone();
+    findings.extend(image::check_layout(
+        texts,
+        &win.info.path,
+        win.layout.table,
+        &win.kinds,
+    ));
     let drivers = win
         .volume
         .list_dir(image::DRIVERS_DIR, MAX_NAMES)?
@@ -31,5 +77,24 @@ pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Vec<Finding>> {
         .list_dir(image::DRIVER_STORE, MAX_NAMES)?
         .unwrap_or_default();
     findings.extend(image::check_virtio(texts, &drivers, &store));
-    Ok(findings)
+    Ok(Diagnosis {
+        findings,
+        registry: report,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_windows_findings_files_share_no_id() {
+        let registry = Texts::parse(REGISTRY_TEXTS).unwrap();
+        let image = Texts::parse(IMAGE_TEXTS).unwrap();
+        let both = texts();
+        assert_eq!(
+            both.ids().count(),
+            registry.ids().count() + image.ids().count()
+        );
+    }
 }
