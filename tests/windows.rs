@@ -595,3 +595,157 @@ fn a_hive_windows_did_not_finish_writing_is_refused() {
     let image = disk(dir.path(), &volume, "dos");
     assert_refused(&image, "SYSTEM");
 }
+
+/// A file of the Windows volume inside `image`, as ntfs-3g's ntfscat reads
+/// it (the judge: not our reader).
+fn ntfscat(dir: &Path, image: &Path, path: &str) -> Vec<u8> {
+    let volume = dir.join("extracted.ntfs");
+    let mut bytes = vec![0u8; PART_SIZE as usize];
+    fs::File::open(image)
+        .unwrap()
+        .read_exact_at(&mut bytes, PART_OFFSET)
+        .unwrap();
+    fs::write(&volume, bytes).unwrap();
+    let out = Process::new("ntfscat")
+        .arg(&volume)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ntfscat {path}");
+    out.stdout
+}
+
+/// hivex's export of a hive, one line per key and value.
+fn hivex_export(dir: &Path, name: &str, hive: &[u8]) -> Vec<String> {
+    let path = dir.join(name);
+    fs::write(&path, hive).unwrap();
+    run_ok(
+        Process::new("hivexregedit")
+            .arg("--export")
+            .arg(&path)
+            .arg("\\"),
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// The byte offsets where two equally long files differ.
+fn differing_bytes(a: &[u8], b: &[u8]) -> Vec<usize> {
+    assert_eq!(a.len(), b.len());
+    (0..a.len()).filter(|&i| a[i] != b[i]).collect()
+}
+
+#[test]
+fn fix_sets_exactly_the_dwords_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (system, software) = bad_hives();
+    let volume = ntfs_volume(dir.path(), &windows_with(&system, &software, true));
+    let image = disk(dir.path(), &volume, "dos");
+    let hives = [
+        "Windows/System32/config/SYSTEM",
+        "Windows/System32/config/SOFTWARE",
+    ];
+    let before: Vec<Vec<u8>> = hives
+        .iter()
+        .map(|h| ntfscat(dir.path(), &image, h))
+        .collect();
+
+    let (_, err) = prepare_image(&["doctor", "--fix"], &image, 4);
+    for line in [
+        "fixed Windows/System32/config/SYSTEM: ControlSet001\\Services\\cloudbase-init\\Start 3 -> 2",
+        "fixed Windows/System32/config/SYSTEM: ControlSet001\\Services\\cdrom\\Start 4 -> 1",
+        "fixed Windows/System32/config/SOFTWARE: Cloudbase Solutions\\Cloudbase-Init\\i-abc123\\Plugins\\LocalScriptsPlugin 1 -> 2",
+    ] {
+        assert!(err.contains(line), "{line} not in {err}");
+    }
+    let after: Vec<Vec<u8>> = hives
+        .iter()
+        .map(|h| ntfscat(dir.path(), &image, h))
+        .collect();
+
+    // hivex sees exactly the intended values change.
+    let old = hivex_export(dir.path(), "old", &before[0]);
+    let new = hivex_export(dir.path(), "new", &after[0]);
+    let changed: Vec<(&String, &String)> = old.iter().zip(&new).filter(|(a, b)| a != b).collect();
+    assert_eq!(old.len(), new.len());
+    assert_eq!(
+        changed.iter().map(|(_, b)| b.as_str()).collect::<Vec<_>>(),
+        ["\"Start\"=dword:00000001", "\"Start\"=dword:00000002"],
+        "{changed:?}"
+    );
+    let old = hivex_export(dir.path(), "old", &before[1]);
+    let new = hivex_export(dir.path(), "new", &after[1]);
+    let changed: Vec<&String> = new
+        .iter()
+        .zip(&old)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(changed, ["\"LocalScriptsPlugin\"=dword:00000002"]);
+
+    // Bytes: one data byte per DWORD (1 -> 2, 3 -> 2, 4 -> 1 differ in the
+    // low byte only), and the base block's sequence numbers, time and
+    // checksum; nothing else.
+    for (b, a) in before.iter().zip(&after) {
+        let diff = differing_bytes(b, a);
+        let (base, data): (Vec<usize>, Vec<usize>) = diff.iter().partition(|&&i| i < 4096);
+        assert!(
+            base.iter()
+                .all(|&i| (4..20).contains(&i) || (508..512).contains(&i)),
+            "{base:?}"
+        );
+        assert!(!data.is_empty(), "no data byte changed");
+        eprintln!("changed bytes: base block {base:?}, data {data:?}");
+    }
+    assert_eq!(
+        differing_bytes(&before[0], &after[0])
+            .iter()
+            .filter(|&&i| i >= 4096)
+            .count(),
+        2
+    );
+    assert_eq!(
+        differing_bytes(&before[1], &after[1])
+            .iter()
+            .filter(|&&i| i >= 4096)
+            .count(),
+        1
+    );
+
+    // The image is left clean (ntfs-3g cleared what it set), and doctor
+    // reads the fixed values back; only ObjectName, a string, is left.
+    let report = doctor_json(&image, 4);
+    let ids = ids(&report);
+    for id in BAD_IDS {
+        assert_eq!(
+            ids.contains(&id.to_string()),
+            id == "cloudbase-init-not-local-system",
+            "{id} in {ids:?}"
+        );
+    }
+    // A second --fix has nothing left to write.
+    let (_, err) = prepare_image(&["doctor", "--fix"], &image, 4);
+    assert!(!err.contains("fixed"), "{err}");
+}
+
+#[test]
+fn fix_stops_when_ntfs3g_falls_back_to_read_only() {
+    // A `hibr` header passes our checks (Windows resumed), but ntfs-3g
+    // still takes it for hibernation and mounts read-only, exiting 0: the
+    // read-only mount must be caught, nothing written, exit 1.
+    let dir = tempfile::tempdir().unwrap();
+    let (system, software) = bad_hives();
+    let mut files = windows_with(&system, &software, true);
+    let mut header = b"hibr".to_vec();
+    header.resize(8192, 0);
+    files.push(("hiberfil.sys", header));
+    let volume = ntfs_volume(dir.path(), &files);
+    let image = disk(dir.path(), &volume, "dos");
+    let before = fs::read(&image).unwrap();
+    let (_, err) = prepare_image(&["doctor", "--fix"], &image, 1);
+    assert!(err.contains("read-only"), "{err}");
+    assert!(err.contains("powercfg /h off"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(fs::read(&image).unwrap() == before, "the image changed");
+}

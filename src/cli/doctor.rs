@@ -7,11 +7,12 @@ use anyhow::Result;
 
 use super::{DoctorArgs, Format, Outcome, describe, finish};
 use crate::access::image::open::RootMarker;
-use crate::access::image::windows::{self, WindowsImage};
+use crate::access::image::windows::{self, NtfsWriteMount, WindowsImage};
 use crate::access::target::Target;
 use crate::doctor::render::{self, Subject};
 use crate::doctor::{Finding, summarize};
 use crate::guest::cloudbase::diagnose as windows_doctor;
+use crate::guest::cloudbase::fix as windows_fix;
 use crate::guest::cloudinit::doctor;
 use crate::report::TargetDescription;
 
@@ -39,9 +40,10 @@ pub(super) fn run(
             &args.root.target,
             args.root.partition,
             args.root.allow_backing,
+            args.fix,
         )?
     {
-        return run_windows(win, args, format, out);
+        return run_windows(win, args, format, out, err);
     }
     let first = Target::open(
         &args.root.target,
@@ -120,10 +122,37 @@ fn run_windows(
     args: &DoctorArgs,
     format: Format,
     out: &mut dyn Write,
+    err: &mut dyn Write,
 ) -> Result<Outcome> {
     let result = (|| -> Result<Outcome> {
         let texts = windows_doctor::texts();
-        let findings = windows_doctor::diagnose(&mut win, &texts)?.findings;
+        let diagnosis = windows_doctor::diagnose(&mut win, &texts)?;
+        let mut findings = diagnosis.findings;
+        if args.fix && !diagnosis.registry.fixes.is_empty() {
+            let edits = windows_fix::plan(&diagnosis.registry.fixes, |hive| {
+                windows_doctor::read_hive(&mut win, hive.path())
+            })?;
+            let mount = NtfsWriteMount::open(&win)?;
+            let applied = windows_fix::apply(&mount, &edits);
+            let closed = mount.close();
+            applied?;
+            closed?;
+            for edit in &edits {
+                for fix in &edit.fixes {
+                    writeln!(
+                        err,
+                        "fixed {}: {}\\{} {} -> {}",
+                        edit.hive.path(),
+                        fix.key,
+                        fix.value,
+                        fix.from,
+                        fix.to
+                    )?;
+                }
+            }
+            // The findings of the image as it now is, read again.
+            findings = windows_doctor::diagnose(&mut win, &texts)?.findings;
+        }
         let description = TargetDescription {
             path: win.info.path.clone(),
             image: Some(win.info.clone()),

@@ -70,10 +70,13 @@ impl WindowsImage {
 /// Opens `path` read-only and looks for Windows: `None` when no NTFS
 /// partition holds `Windows/System32/config/SYSTEM` (not a Windows image).
 /// `partition` chooses the system partition when several hold it.
+/// `writable` makes a non-raw image's qemu view writable, for a later
+/// [`NtfsWriteMount`]; the reads here never write.
 pub fn probe(
     path: &Path,
     partition: Option<u32>,
     allow_backing: bool,
+    writable: bool,
 ) -> Result<Option<WindowsImage>> {
     let display = path.display().to_string();
     let mut image = File::open(path).with_context(|| format!("opening image {display}"))?;
@@ -83,7 +86,7 @@ pub fn probe(
         (image, path.to_path_buf(), None)
     } else {
         let layers = containment::layers(path, &image, format, allow_backing)?;
-        let view = RawView::start(&layers, false)?;
+        let view = RawView::start(&layers, writable)?;
         let raw_path = view.path().to_path_buf();
         let raw =
             File::open(&raw_path).with_context(|| format!("opening the raw view of {display}"))?;

@@ -4,5 +4,6 @@
 
 pub mod diagnose;
 pub mod doctor;
+pub mod fix;
 pub mod image;
 pub mod registry;
