@@ -22,13 +22,30 @@ pub struct Judge {
 
 impl Judge {
     pub fn start() -> Judge {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/judge/pyyaml_judge.py");
+        Judge::script(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/judge/pyyaml_judge.py"
+        ))
+    }
+
+    /// oslo.config's judge (`oslo_config_judge.py`), same protocol: a
+    /// file's text in, what Cloudbase-Init's options read as out.
+    pub fn oslo_config() -> Judge {
+        Judge::script(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/judge/oslo_config_judge.py"
+        ))
+    }
+
+    fn script(script: &str) -> Judge {
         let child = Command::new(PYTHON)
             .arg(script)
+            // oslo.config opens files in the locale's encoding.
+            .env("PYTHONUTF8", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {PYTHON} {script}: {e} (install python3-yaml)"));
+            .unwrap_or_else(|e| panic!("starting {PYTHON} {script}: {e} (install python3-yaml and python3-oslo.config: .ci/run)"));
         Judge { child }
     }
 
