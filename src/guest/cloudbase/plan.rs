@@ -66,6 +66,17 @@ impl WindowsPlan {
     pub fn pending(&self) -> bool {
         self.files.iter().any(FilePlan::changed)
     }
+
+    /// For `report::keep_view`: the same diff, `--dry-run`, `--check` and
+    /// JSON as a Linux keep.
+    pub fn view(&self) -> crate::report::KeepView<'_> {
+        crate::report::KeepView {
+            files: &self.files,
+            warnings: &self.warnings,
+            before: &self.before,
+            after: &self.after,
+        }
+    }
 }
 
 /// The plugin list Cloudbase-Init runs from this file, and the line of the
@@ -339,6 +350,48 @@ mod tests {
         assert!(!plan.pending());
         assert!(plan.after.iter().all(|s| s.kept));
         assert!(plan.warnings.iter().any(|w| w.id == "hosts-not-applicable"));
+    }
+
+    #[test]
+    fn reports_like_a_linux_keep() {
+        use crate::report::{self, Mode, Style, TargetDescription};
+        let plan = keep(
+            &files(INSTALLER_CONF, INSTALLER_UNATTEND),
+            &["hostname", "hosts"],
+        );
+        let target = TargetDescription {
+            path: "win.qcow2".into(),
+            image: None,
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        report::keep_view(
+            &mut out,
+            &mut err,
+            &target,
+            plan.view(),
+            &["hostname", "hosts"],
+            Mode::Check,
+            &[],
+            crate::cli::Format::Text,
+            Style::default(),
+        )
+        .unwrap();
+        let (out, err) = (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        );
+        assert!(
+            out.contains("--- a/conf/cloudbase-init.conf\n+++ b/conf/cloudbase-init.conf\n"),
+            "{out}"
+        );
+        assert!(out.contains("-plugins=cloudbaseinit.plugins.common.mtu.MTUPlugin,cloudbaseinit.plugins.common.sethostname.SetHostNamePlugin,"), "{out}");
+        assert!(err.contains("conf/cloudbase-init-unattend.conf:3: [hostname] drop SetHostNamePlugin from plugins="), "{err}");
+        assert!(err.contains("[hosts-not-applicable]"), "{err}");
+        assert!(err.contains("check: 2 change(s) pending"), "{err}");
+        assert!(
+            err.contains("overwritten at first boot: hostname)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use anyhow::{Result, anyhow, bail};
 
 use crate::guest::cloudinit::document::{self, Value};
-use crate::guest::cloudinit::profile::{Condition, Warning};
+use crate::guest::cloudinit::profile::{Condition, Named, Warning};
 
 /// The built-in profiles, in `--keep all` order (the Linux names, then
 /// the Windows-only ones).
@@ -61,6 +61,18 @@ pub struct WindowsProfile {
     pub not_applicable: Option<String>,
     /// `built-in` or the file it was read from.
     pub source: String,
+}
+
+/// `--keep` resolves Windows names with the Linux `select` (same `all`,
+/// same suggestions).
+impl Named for WindowsProfile {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_built_in(&self) -> bool {
+        self.source == "built-in"
+    }
 }
 
 pub fn built_in() -> Vec<WindowsProfile> {
@@ -176,6 +188,23 @@ mod tests {
         assert_eq!(by_name("dns").drop, ["NetworkConfigPlugin"]);
         assert!(by_name("hosts").not_applicable.is_some());
         assert!(by_name("repos").not_applicable.is_some());
+    }
+
+    #[test]
+    fn keep_lists_resolve_like_linux() {
+        use crate::guest::cloudinit::profile::select;
+        let all = built_in();
+        let names = |list: &str| -> Vec<String> {
+            select(&all, list)
+                .unwrap()
+                .iter()
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        assert_eq!(names("network,hostname"), ["hostname", "network"]);
+        assert_eq!(names("all").len(), all.len());
+        let e = select(&all, "hostnme").unwrap_err();
+        assert_eq!(e.suggestion.as_deref(), Some("hostname"));
     }
 
     #[test]
