@@ -188,6 +188,19 @@ mod tests {
         assert_eq!(by_name("dns").drop, ["NetworkConfigPlugin"]);
         assert!(by_name("hosts").not_applicable.is_some());
         assert!(by_name("repos").not_applicable.is_some());
+        // Every dropped class is one of Cloudbase-Init's default plugins (a
+        // typo would silently drop nothing).
+        for p in &windows {
+            for class in &p.drop {
+                assert!(
+                    crate::guest::cloudbase::plan::DEFAULT_PLUGINS
+                        .iter()
+                        .any(|d| crate::guest::cloudbase::conf::class_name(d) == class),
+                    "{}: {class} is a default plugin",
+                    p.name
+                );
+            }
+        }
     }
 
     #[test]
