@@ -130,7 +130,9 @@ fn same_windows_path(a: &str, b: &str) -> bool {
 }
 
 /// Checks `cloudbase-init.conf` (`path` root-relative, `text` its contents).
-/// `probe` says what is at a root-relative directory of the image.
+/// `probe` says what is at a root-relative directory of the image (the path
+/// as the conf spells it: NTFS compares names case-insensitively, so the
+/// caller resolves case).
 pub fn check_conf(
     texts: &Texts,
     path: &Path,

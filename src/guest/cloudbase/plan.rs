@@ -394,6 +394,48 @@ mod tests {
         );
     }
 
+    /// The dry-run diff of CRLF files applies with GNU patch (installed by
+    /// .ci/run) and gives exactly the planned texts.
+    #[test]
+    fn the_crlf_diff_applies_with_gnu_patch() {
+        let plan = keep(
+            &files(INSTALLER_CONF, INSTALLER_UNATTEND),
+            &["hostname", "network"],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut diff = String::new();
+        for f in &plan.files {
+            let path = dir.path().join(&f.path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &f.old_text).unwrap();
+            diff.push_str(&crate::report::unified_diff(
+                &f.path,
+                &f.old_text,
+                &f.new_text,
+            ));
+        }
+        let mut child = std::process::Command::new("patch")
+            .args(["-p1", "--batch", "--silent"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("GNU patch (Debian package patch)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(diff.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        for f in &plan.files {
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(&f.path)).unwrap(),
+                f.new_text
+            );
+        }
+    }
+
     #[test]
     fn refuses_a_file_oslo_config_refuses() {
         let e = plan(&files("[DEFAULT]\nplugins=a,\n\n  b\n", "")[..1], &[]).unwrap_err();
