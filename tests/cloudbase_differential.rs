@@ -240,13 +240,10 @@ fn changed_only_the_assignment(old: &str, new: &str, conf: &Conf) -> bool {
 fn conf_reading_and_keep_edits_agree_with_oslo_config() {
     let mut rng = Rng::new(0x0c10_db05e);
     let mut texts: Vec<String> = (0..CASES).map(|_| conf_text(&mut rng)).collect();
-    // The installer's own shapes: no plugins= (the defaults run), and the
-    // unattend file's explicit list.
-    texts.push("[DEFAULT]\r\nusername=Admin\r\ngroups=Administrators\r\nlogdir=C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\log\\\r\nlogfile=cloudbase-init.log\r\n".into());
-    texts.push(format!(
-        "[DEFAULT]\r\nusername=Admin\r\nplugins={}\r\nallow_reboot=false\r\n",
-        DEFAULT_PLUGINS[..3].join(",")
-    ));
+    // The installer's own files: no plugins= in one (the defaults run), the
+    // unattend file's explicit list in the other.
+    texts.push(include_str!("fixtures/cloudbase/cloudbase-init.conf").into());
+    texts.push(include_str!("fixtures/cloudbase/cloudbase-init-unattend.conf").into());
     let verdicts = Judge::oslo_config().run(&texts);
     let mut by_outcome: BTreeMap<String, usize> = BTreeMap::new();
     let mut disagreements = Vec::new();
@@ -368,16 +365,44 @@ fn conf_reading_and_keep_edits_agree_with_oslo_config() {
             }
         }
     }
+    // Every built-in profile over the installer's two files, each checked.
+    let installer = &texts[CASES..];
+    let mut profile_edits = 0;
+    for profile in &builtins {
+        for text in installer {
+            let file = ConfFile {
+                path: PathBuf::from("cloudbase-init.conf"),
+                text: text.clone(),
+            };
+            let (current, _) = plan::effective_plugins(&conf::parse(text).unwrap());
+            let p = plan::plan(std::slice::from_ref(&file), &[profile]).unwrap();
+            let want: Vec<String> = current
+                .iter()
+                .filter(|c| !profile.drop.iter().any(|d| d == class_name(c)))
+                .cloned()
+                .collect();
+            profile_edits += usize::from(p.pending());
+            edited.push(p.files[0].new_text.clone());
+            expected.push(want);
+        }
+    }
+    assert!(
+        profile_edits >= 7,
+        "the built-in profiles change the installer's files"
+    );
     let after = Judge::oslo_config().run(&edited);
     for ((new, want), theirs) in edited.iter().zip(&expected).zip(&after) {
-        assert_eq!(
-            theirs["plugins"],
-            json!(want),
-            "oslo.config reads the edited {new:?}"
-        );
+        // Unset (a file left without plugins=): Cloudbase-Init's defaults run.
+        let read = match &theirs["plugins"] {
+            J::Null => json!(DEFAULT_PLUGINS),
+            listed => listed.clone(),
+        };
+        assert_eq!(read, json!(want), "oslo.config reads the edited {new:?}");
     }
     eprintln!(
-        "cloudbase keep differential: {} edits read back by oslo.config as planned, {unchanged} already kept, {refused} refused",
+        "cloudbase keep differential: {} planned texts read back by oslo.config as planned \
+         ({profile_edits} of them a built-in profile changing an installer file), \
+         {unchanged} random keeps already kept, {refused} refused",
         edited.len()
     );
     assert!(edited.len() >= 500, "too few edits: {}", edited.len());

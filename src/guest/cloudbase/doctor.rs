@@ -45,8 +45,8 @@ pub const DEFAULT_METADATA_SERVICES: [&str; 6] = [
     "cloudbaseinit.metadata.services.opennebulaservice.OpenNebulaService",
 ];
 
-/// oslo.log's options, each with its deprecated name (the installer writes
-/// the deprecated `logdir`/`logfile`); the first name set wins.
+/// oslo.log's options, each with its deprecated name (older installers and
+/// guides write `logdir`/`logfile`); the first name set wins.
 pub const LOG_FILE_NAMES: [&str; 2] = ["log_file", "logfile"];
 pub const LOG_DIR_NAMES: [&str; 2] = ["log_dir", "logdir"];
 
@@ -289,11 +289,8 @@ mod tests {
             .collect()
     }
 
-    const GOOD: &str = "[DEFAULT]\r\n\
-        metadata_services=cloudbaseinit.metadata.services.configdrive.ConfigDriveService\r\n\
-        local_scripts_path=C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\LocalScripts\\\r\n\
-        logdir=C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\log\\\r\n\
-        logfile=cloudbase-init.log\r\n";
+    /// The conf Cloudbase-Init's installer writes (tests/fixtures/cloudbase).
+    const GOOD: &str = include_str!("../../../tests/fixtures/cloudbase/cloudbase-init.conf");
 
     #[test]
     fn every_id_has_its_text() {
@@ -354,7 +351,7 @@ mod tests {
             .find(|f| f.id.starts_with("cloudbase-log"))
             .unwrap();
         assert_eq!(log.id, "cloudbase-log-path-elsewhere");
-        assert_eq!(log.evidence.as_ref().unwrap().to_string(), "c.conf:6");
+        assert_eq!(log.evidence.as_ref().unwrap().to_string(), "c.conf:20");
     }
 
     #[test]

@@ -291,11 +291,11 @@ mod tests {
         plan(files, &selected).expect("plans")
     }
 
-    const INSTALLER_CONF: &str = "[DEFAULT]\r\nusername=Admin\r\ngroups=Administrators\r\n\
-        local_scripts_path=C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\LocalScripts\\\r\n";
-    const INSTALLER_UNATTEND: &str = "[DEFAULT]\r\nusername=Admin\r\n\
-        plugins=cloudbaseinit.plugins.common.mtu.MTUPlugin,cloudbaseinit.plugins.common.sethostname.SetHostNamePlugin,cloudbaseinit.plugins.windows.extendvolumes.ExtendVolumesPlugin\r\n\
-        allow_reboot=false\r\n";
+    /// The files Cloudbase-Init's installer writes (tests/fixtures/cloudbase).
+    const INSTALLER_CONF: &str =
+        include_str!("../../../tests/fixtures/cloudbase/cloudbase-init.conf");
+    const INSTALLER_UNATTEND: &str =
+        include_str!("../../../tests/fixtures/cloudbase/cloudbase-init-unattend.conf");
 
     #[test]
     fn hostname_drops_from_both_files_and_writes_the_defaults() {
@@ -317,7 +317,7 @@ mod tests {
             )
         );
         assert!(plan.files[0].new_text.starts_with(INSTALLER_CONF));
-        assert_eq!(plan.files[0].changes[0].line, 5);
+        assert_eq!(plan.files[0].changes[0].line, 20);
     }
 
     #[test]
@@ -385,7 +385,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("-plugins=cloudbaseinit.plugins.common.mtu.MTUPlugin,cloudbaseinit.plugins.common.sethostname.SetHostNamePlugin,"), "{out}");
-        assert!(err.contains("conf/cloudbase-init-unattend.conf:3: [hostname] drop SetHostNamePlugin from plugins="), "{err}");
+        assert!(err.contains("conf/cloudbase-init-unattend.conf:21: [hostname] drop SetHostNamePlugin from plugins="), "{err}");
         assert!(err.contains("[hosts-not-applicable]"), "{err}");
         assert!(err.contains("check: 2 change(s) pending"), "{err}");
         assert!(
