@@ -2,17 +2,68 @@
 //! unfinished, then run every Windows check over the system volume, read in
 //! user space. The checks are pure functions of what is read here.
 
+use std::cell::RefCell;
+use std::io::{Read, Seek};
+use std::path::Path;
+
 use anyhow::{Result, bail};
 
+use super::doctor::conf::{self, DirState, system_drive_relative};
 use super::doctor::registry::{self, RegistryReport, SOFTWARE_HIVE, SYSTEM_HIVE};
 use super::image;
 use super::registry::Hive;
+use crate::access::fs::ntfs::NtfsVolume;
 use crate::access::image::windows::WindowsImage;
 use crate::doctor::{Finding, Texts};
 
 /// The most names read from one directory: System32/drivers holds a few
 /// hundred, the driver store a few thousand.
 const MAX_NAMES: usize = 100_000;
+/// The most of a conf file read.
+const TEXT_LIMIT: u64 = 16 << 20;
+/// Where the installer puts Cloudbase-Init: 64-bit, then 32-bit.
+const INSTALL_DIRS: [&str; 2] = [
+    "Program Files/Cloudbase Solutions/Cloudbase-Init",
+    "Program Files (x86)/Cloudbase Solutions/Cloudbase-Init",
+];
+
+/// The conf file the live service reads: its `--config-file`, else the
+/// install's `conf/cloudbase-init.conf` (the service's install first, then
+/// the installer's two places); `None` when none exists.
+fn conf_path(win: &mut WindowsImage, report: &RegistryReport) -> Option<String> {
+    let live = report.live_install.as_ref();
+    let named = live
+        .and_then(|l| l.config_file.as_deref())
+        .and_then(system_drive_relative)
+        .map(|p| p.to_string_lossy().replace('\\', "/"));
+    let installs = live
+        .map(|l| l.install_dir.clone())
+        .into_iter()
+        .chain(INSTALL_DIRS.iter().map(|d| d.to_string()));
+    named
+        .into_iter()
+        .chain(installs.map(|d| format!("{d}/conf/cloudbase-init.conf")))
+        .find(|p| win.volume.exists(p) && !win.volume.is_dir(p))
+}
+
+/// What is at a directory of the volume, for the conf checks.
+fn dir_state<R: Read + Seek>(volume: &mut NtfsVolume<R>, dir: &Path) -> DirState {
+    let dir = dir.to_string_lossy().replace('\\', "/");
+    if !volume.exists(&dir) {
+        return DirState::Missing;
+    }
+    match volume.list_dir(&dir, MAX_NAMES) {
+        Ok(Some(names)) => {
+            if names.iter().any(|n| !volume.is_dir(&format!("{dir}/{n}"))) {
+                DirState::HasFiles
+            } else {
+                DirState::NoFiles
+            }
+        }
+        _ => DirState::NotADirectory,
+    }
+}
+
 /// The largest hive read: a real SOFTWARE hive is 50-200 MB.
 pub const MAX_HIVE: u64 = 1 << 30;
 
@@ -77,6 +128,15 @@ pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Diagnosis> {
         .list_dir(image::DRIVER_STORE, MAX_NAMES)?
         .unwrap_or_default();
     findings.extend(image::check_virtio(texts, &drivers, &store));
+    if let Some(path) = conf_path(win, &report) {
+        let text = match win.volume.read_prefix(&path, TEXT_LIMIT)? {
+            Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => String::new(),
+        };
+        let volume = RefCell::new(&mut win.volume);
+        let probe = |dir: &Path| dir_state(&mut volume.borrow_mut(), dir);
+        findings.extend(conf::check_conf(texts, Path::new(&path), &text, &probe));
+    }
     Ok(Diagnosis {
         findings,
         registry: report,
