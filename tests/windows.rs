@@ -749,3 +749,44 @@ fn fix_stops_when_ntfs3g_falls_back_to_read_only() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(fs::read(&image).unwrap() == before, "the image changed");
 }
+
+const CONF: &str = "Program Files/Cloudbase Solutions/Cloudbase-Init/conf/cloudbase-init.conf";
+const INSTALLER_CONF: &[u8] = include_bytes!("fixtures/cloudbase/cloudbase-init.conf");
+
+#[test]
+fn doctor_checks_the_live_installs_conf_in_the_image() {
+    // The installer's conf, its LocalScripts directory holding Tencent's
+    // script: the conf checks pass.
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = windows_files(true);
+    files.push((CONF, INSTALLER_CONF.to_vec()));
+    files.push((
+        "Program Files/Cloudbase Solutions/Cloudbase-Init/LocalScripts/tencent.ps1",
+        b"# run by LocalScriptsPlugin".to_vec(),
+    ));
+    let volume = ntfs_volume(dir.path(), &files);
+    let report = doctor_json(&disk(dir.path(), &volume, "dos"), 0);
+    let good = ids(&report);
+    assert!(
+        good.contains(&"cloudbase-configdrive-service".to_string()),
+        "{good:?}"
+    );
+
+    // The same with metadata_services naming no ConfigDriveService.
+    let dir = tempfile::tempdir().unwrap();
+    let text = String::from_utf8_lossy(INSTALLER_CONF).into_owned()
+        + "metadata_services=cloudbaseinit.metadata.services.httpservice.HttpService\r\n";
+    let mut files = windows_files(true);
+    files.push((CONF, text.into_bytes()));
+    files.push((
+        "Program Files/Cloudbase Solutions/Cloudbase-Init/LocalScripts/tencent.ps1",
+        b"#".to_vec(),
+    ));
+    let volume = ntfs_volume(dir.path(), &files);
+    let report = doctor_json(&disk(dir.path(), &volume, "dos"), 4);
+    let bad = ids(&report);
+    assert!(
+        bad.contains(&"cloudbase-configdrive-service-missing".to_string()),
+        "{bad:?}"
+    );
+}
