@@ -297,12 +297,18 @@ fn check_bins(bins: &[u8]) -> Result<Vec<u32>> {
     Ok(starts)
 }
 
-/// Compares two names as Windows does: case-insensitively.
+/// Compares two names as Windows does: case-insensitively, one character
+/// against one character (Windows upcases each UTF-16 unit alone, so `ß`
+/// never equals `SS`).
 pub fn names_equal(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.eq_ignore_ascii_case(b)
-        || a.chars()
-            .flat_map(char::to_uppercase)
-            .eq(b.chars().flat_map(char::to_uppercase))
+    fn upcase(c: char) -> char {
+        let mut upper = c.to_uppercase();
+        match (upper.next(), upper.next()) {
+            (Some(u), None) => u,
+            _ => c,
+        }
+    }
+    a.chars().map(upcase).eq(b.chars().map(upcase))
 }
 
 /// A name stored as Latin-1 bytes (the "compressed" flag) or UTF-16LE.

@@ -98,6 +98,14 @@ fn utf16_names_are_read_and_compared_case_insensitively() {
 }
 
 #[test]
+fn names_compare_one_character_to_one_character() {
+    assert!(names_equal("Cloudbase-Init", "CLOUDBASE-init"));
+    assert!(names_equal("Ключ", "КЛЮЧ"));
+    assert!(!names_equal("Straße", "STRASSE"));
+    assert!(!names_equal("Start", "Star"));
+}
+
+#[test]
 fn a_dirty_hive_is_refused_with_what_to_do() {
     let mut b = sample();
     b.sequence = (8, 7);
