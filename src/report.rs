@@ -16,8 +16,8 @@ use similar::TextDiff;
 use crate::access::image::open::ImageInfo;
 use crate::cli::Format;
 use crate::guest::cloudinit::effective::SettingState;
-use crate::guest::cloudinit::plan::Plan;
-use crate::guest::cloudinit::profile::{Condition, Profile};
+use crate::guest::cloudinit::plan::{FilePlan, Plan};
+use crate::guest::cloudinit::profile::{Condition, Profile, Warning};
 
 /// Appended to a file's name for `--backup`. It does not end in `.cfg`, so
 /// cloud-init never reads a backup inside cloud.cfg.d.
@@ -255,6 +255,33 @@ fn setting_json(state: &SettingState) -> serde_json::Value {
     })
 }
 
+/// What a keep reports, whichever guest planned it (cloud-init's [`Plan`],
+/// Cloudbase-Init's `WindowsPlan`).
+#[derive(Debug, Clone, Copy)]
+pub struct KeepView<'a> {
+    pub files: &'a [FilePlan],
+    pub warnings: &'a [Warning],
+    pub before: &'a [SettingState],
+    pub after: &'a [SettingState],
+}
+
+impl KeepView<'_> {
+    fn pending(&self) -> bool {
+        self.files.iter().any(FilePlan::changed)
+    }
+}
+
+impl<'a> From<&'a Plan> for KeepView<'a> {
+    fn from(plan: &'a Plan) -> KeepView<'a> {
+        KeepView {
+            files: &plan.files,
+            warnings: &plan.warnings,
+            before: &plan.before,
+            after: &plan.after,
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn keep(
     out: &mut dyn Write,
@@ -268,12 +295,37 @@ pub fn keep(
     style: Style,
 ) -> Result<()> {
     let names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
-    let changed: Vec<&crate::guest::cloudinit::plan::FilePlan> =
-        plan.files.iter().filter(|f| f.changed()).collect();
+    keep_view(
+        out,
+        err,
+        target,
+        plan.into(),
+        &names,
+        mode,
+        backups,
+        format,
+        style,
+    )
+}
+
+/// [`keep`] for any guest's plan; `names` are the kept profiles.
+#[allow(clippy::too_many_arguments)]
+pub fn keep_view(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    target: &TargetDescription,
+    plan: KeepView<'_>,
+    names: &[&str],
+    mode: Mode,
+    backups: &[Backup],
+    format: Format,
+    style: Style,
+) -> Result<()> {
+    let changed: Vec<&FilePlan> = plan.files.iter().filter(|f| f.changed()).collect();
     let change_count: usize = changed.iter().map(|f| f.changes.len()).sum();
     let root_display = target.path.display();
     let print_warnings = |err: &mut dyn Write| -> Result<()> {
-        for w in &plan.warnings {
+        for w in plan.warnings {
             writeln!(
                 err,
                 "{} {} [{}]",
@@ -319,7 +371,7 @@ pub fn keep(
                 "what": c.what,
             }))).collect::<Vec<_>>(),
             "warnings": plan.warnings.iter().map(|w| json!({"id": w.id, "text": w.text})).collect::<Vec<_>>(),
-            "settings": plan.before.iter().zip(&plan.after).map(|(b, a)| json!({
+            "settings": plan.before.iter().zip(plan.after).map(|(b, a)| json!({
                 "setting": a.setting,
                 "before": setting_json(b),
                 "after": setting_json(a),

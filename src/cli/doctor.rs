@@ -7,10 +7,14 @@ use anyhow::Result;
 
 use super::{DoctorArgs, Format, Outcome, describe, finish};
 use crate::access::image::open::RootMarker;
+use crate::access::image::windows::{self, NtfsWriteMount, WindowsImage};
 use crate::access::target::Target;
 use crate::doctor::render::{self, Subject};
-use crate::doctor::summarize;
+use crate::doctor::{Finding, summarize};
+use crate::guest::cloudbase::diagnose as windows_doctor;
+use crate::guest::cloudbase::fix as windows_fix;
 use crate::guest::cloudinit::doctor;
+use crate::report::TargetDescription;
 
 /// What marks an image's root partition for doctor and clean: found by
 /// etc/os-release, not cloud.cfg, since an image without cloud-init is
@@ -31,6 +35,16 @@ pub(super) fn run(
     // An image is mounted read-write only when --fix has something to write:
     // a read-write mount alone changes the image file.
     let is_image = std::fs::metadata(&args.root.target).is_ok_and(|m| m.is_file());
+    if is_image
+        && let Some(win) = windows::probe(
+            &args.root.target,
+            args.root.partition,
+            args.root.allow_backing,
+            args.fix,
+        )?
+    {
+        return run_windows(win, args, format, out, err);
+    }
     let first = Target::open(
         &args.root.target,
         args.fix && !is_image,
@@ -71,23 +85,82 @@ pub(super) fn run(
             }
         }
         let findings = doctor::diagnose(root, target.image())?;
-        let description = describe(&target);
-        let subject = Subject {
-            root: description.path.display().to_string(),
-            image: description
-                .image
-                .is_some()
-                .then(|| description.image_json()),
-        };
-        match format {
-            Format::Json => render::json(out, &subject, &findings)?,
-            Format::Text => render::text(out, &subject, &findings, args.verbose)?,
-        }
-        Ok(if summarize(&findings).errors > 0 {
-            Outcome::Findings
-        } else {
-            Outcome::Success
-        })
+        report(&describe(&target), &findings, args, format, out)
     })();
     finish(target, result)
+}
+
+/// Prints the findings; exit 4 (`Outcome::Findings`) when one is an error.
+fn report(
+    description: &TargetDescription,
+    findings: &[Finding],
+    args: &DoctorArgs,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<Outcome> {
+    let subject = Subject {
+        root: description.path.display().to_string(),
+        image: description
+            .image
+            .is_some()
+            .then(|| description.image_json()),
+    };
+    match format {
+        Format::Json => render::json(out, &subject, findings)?,
+        Format::Text => render::text(out, &subject, findings, args.verbose)?,
+    }
+    Ok(if summarize(findings).errors > 0 {
+        Outcome::Findings
+    } else {
+        Outcome::Success
+    })
+}
+
+/// Doctor on a Windows image: read in user space, nothing mounted.
+fn run_windows(
+    mut win: WindowsImage,
+    args: &DoctorArgs,
+    format: Format,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Outcome> {
+    let result = (|| -> Result<Outcome> {
+        let texts = windows_doctor::texts();
+        let diagnosis = windows_doctor::diagnose(&mut win, &texts)?;
+        let mut findings = diagnosis.findings;
+        if args.fix && !diagnosis.registry.fixes.is_empty() {
+            let edits = windows_fix::plan(&diagnosis.registry.fixes, |hive| {
+                windows_doctor::read_hive(&mut win, hive.path())
+            })?;
+            let mount = NtfsWriteMount::open(&win)?;
+            let applied = windows_fix::apply(&mount, &edits);
+            let closed = mount.close();
+            applied?;
+            closed?;
+            for edit in &edits {
+                for fix in &edit.fixes {
+                    writeln!(
+                        err,
+                        "fixed {}: {}\\{} {} -> {}",
+                        edit.hive.path(),
+                        fix.key,
+                        fix.value,
+                        fix.from,
+                        fix.to
+                    )?;
+                }
+            }
+            // The findings of the image as it now is, read again.
+            findings = windows_doctor::diagnose(&mut win, &texts)?.findings;
+        }
+        let description = TargetDescription {
+            path: win.info.path.clone(),
+            image: Some(win.info.clone()),
+        };
+        report(&description, &findings, args, format, out)
+    })();
+    let closed = win.close();
+    let outcome = result?;
+    closed?;
+    Ok(outcome)
 }

@@ -22,13 +22,34 @@ pub struct Judge {
 
 impl Judge {
     pub fn start() -> Judge {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/judge/pyyaml_judge.py");
+        Judge::script(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/judge/pyyaml_judge.py"),
+            &[],
+        )
+    }
+
+    /// oslo.config's judge (`oslo_config_judge.py`), same protocol: a
+    /// file's text in, what Cloudbase-Init's options read as out.
+    pub fn oslo_config() -> Judge {
+        Judge::script(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/judge/oslo_config_judge.py"
+            ),
+            &[("PYTHONUTF8", "1")],
+        )
+    }
+
+    /// `env`: oslo.config opens files in the locale's encoding, so its judge
+    /// runs in Python's UTF-8 mode whatever the machine's locale.
+    fn script(script: &str, env: &[(&str, &str)]) -> Judge {
         let child = Command::new(PYTHON)
             .arg(script)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {PYTHON} {script}: {e} (install python3-yaml)"));
+            .unwrap_or_else(|e| panic!("starting {PYTHON} {script}: {e} (install python3-yaml and python3-oslo.config: .ci/run)"));
         Judge { child }
     }
 

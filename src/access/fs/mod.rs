@@ -18,6 +18,7 @@
 //! into an `AccessError` naming the path.
 
 pub mod ext4;
+pub mod ntfs;
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};

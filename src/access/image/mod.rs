@@ -15,3 +15,4 @@ pub mod qcow2;
 pub mod qemu;
 pub mod tempdirs;
 pub mod userspace;
+pub mod windows;

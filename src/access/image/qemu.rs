@@ -110,15 +110,11 @@ impl RawView {
             }
             let child = self.child.as_mut().expect("started");
             if let Some(status) = child.try_wait()? {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
-                }
+                let message = first_stderr_line(child);
                 self.child = None;
                 bail!(
-                    "{DAEMON} could not open {} ({status}): {}",
+                    "{DAEMON} could not open {} ({status}): {message}",
                     image.display(),
-                    stderr.lines().next().unwrap_or("no message").trim()
                 );
             }
             if Instant::now() > deadline {
@@ -244,6 +240,21 @@ fn unescape_mountinfo(field: &str) -> String {
         }
     }
     out
+}
+
+/// The first line a helper that ended wrote on its (piped) stderr: why it
+/// ended, for a one-line error.
+pub(super) fn first_stderr_line(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    stderr
+        .lines()
+        .next()
+        .unwrap_or("no message")
+        .trim()
+        .to_string()
 }
 
 #[cfg(test)]

@@ -155,12 +155,9 @@ impl std::fmt::Display for UnknownProfile {
 impl std::error::Error for UnknownProfile {}
 
 /// Resolves a comma list such as `hostname,dns` or `all` to profiles, in the
-/// catalogue's order, each once.
-pub fn select<'a>(
-    catalogue: &'a [Profile],
-    list: &str,
-) -> Result<Vec<&'a Profile>, UnknownProfile> {
-    let mut valid: Vec<String> = catalogue.iter().map(|p| p.name.clone()).collect();
+/// catalogue's order, each once (Linux or Windows profiles).
+pub fn select<'a, P: Named>(catalogue: &'a [P], list: &str) -> Result<Vec<&'a P>, UnknownProfile> {
+    let mut valid: Vec<String> = catalogue.iter().map(|p| p.name().to_string()).collect();
     valid.push(ALL.to_string());
     let mut wanted: Vec<&str> = Vec::new();
     // Empty items (`hostname,` or `a,,b`) are tolerated; an empty list is not.
@@ -169,10 +166,10 @@ pub fn select<'a>(
             wanted.extend(
                 catalogue
                     .iter()
-                    .filter(|p| p.source == "built-in")
-                    .map(|p| p.name.as_str()),
+                    .filter(|p| p.is_built_in())
+                    .map(|p| p.name()),
             );
-        } else if catalogue.iter().any(|p| p.name == name) {
+        } else if catalogue.iter().any(|p| p.name() == name) {
             wanted.push(name);
         } else {
             let suggestion = valid
@@ -197,8 +194,25 @@ pub fn select<'a>(
     }
     Ok(catalogue
         .iter()
-        .filter(|p| wanted.contains(&p.name.as_str()))
+        .filter(|p| wanted.contains(&p.name()))
         .collect())
+}
+
+/// What `--keep` needs of a profile, whichever guest it is for (Linux's
+/// [`Profile`], Windows' `WindowsProfile`).
+pub trait Named {
+    fn name(&self) -> &str;
+    fn is_built_in(&self) -> bool;
+}
+
+impl Named for Profile {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_built_in(&self) -> bool {
+        self.source == "built-in"
+    }
 }
 
 fn parse_profile(text: &str, source: &str) -> Result<Profile> {

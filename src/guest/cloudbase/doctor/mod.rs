@@ -2,6 +2,7 @@
 //! each finding are data (`findings/windows.yaml`); the checks pick an id,
 //! the evidence and the specifics.
 
+pub mod conf;
 pub mod registry;
 
 use crate::doctor::Texts;
