@@ -183,7 +183,13 @@ RELEASE_EFFECTS = {
             "21.3: 20.4's write-files writes that entry itself)"),
     },
     "bookworm": {},
-    "trixie": {},
+    "trixie": {
+        "cloud-config schema warning": (
+            "no",
+            "25.1 no longer logs `Invalid cloud-config provided` for Tencent's "
+            "`disable_root: 0` / `ssh_pwauth: 1`; what it reports instead is the "
+            "ConfigDrive seed's `chpasswd.list` as DEPRECATED (recoverable, status done)"),
+    },
     "forky": {},
 }
 # Keeps that do not hold on a release: (release, boot) -> setting ->

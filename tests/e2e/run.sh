@@ -142,6 +142,10 @@ GUEST_PACKAGES=(
 # cloud-init 20.4 (bullseye) has no networkd renderer (21.x added it): it
 # renders for networkd through netplan (see customize_root).
 if [ "$SUITE" = bullseye ]; then GUEST_PACKAGES+=(netplan.io); fi
+# resize2fs for cloud-init's resizefs: e2fsprogs is no longer in
+# debootstrap's minbase from trixie on, and without it resizefs fails and
+# with it the whole boot (status error, every cloud-init unit failed).
+case "$SUITE" in trixie|forky) GUEST_PACKAGES+=(e2fsprogs);; esac
 RECIPE=1  # bump when build_rootfs changes in a way the package list does not show
 
 log() { printf '%s\n' "$*" >&2; }
