@@ -357,6 +357,10 @@ def cloud_init_status(r: dict) -> tuple:
     try:
         j = json.loads(r["cloud_init_status_json"]["out"])
         errors = j.get("errors", [])
+        # The same answer in the other format, when `status --long` gave
+        # none (it ran past the report's time limit on a loaded machine).
+        if not m and isinstance(j.get("status"), str):
+            status = j["status"]
     except ValueError:
         pass
     return status, errors
