@@ -111,6 +111,10 @@ if [ -n "${E2E_BOOTS:-}" ]; then
 else
     BOOTS=$(echo $ALL_BOOTS)
 fi
+if [ -n "${E2E_RELEASE:-}" ] && [ -z "$BOOTS" ] && [ "${1:-}" != --rootfs-only ]; then
+    printf 'e2e: %s: none of E2E_BOOTS (%s) is a boot of this release\n' "$SUITE" "$E2E_BOOTS" >&2
+    exit 0
+fi
 # The leftovers are the control boot's own: it runs first.
 case " $BOOTS " in
     *" control "*) ;;
