@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end proof on the real cloud-init (issue 4): boot a Debian bookworm
+# End-to-end proof on the real cloud-init (issues 4, 9, 12): boot a Debian
 # guest whose image carries its own settings, give it the cloud's first-boot
-# data on a NoCloud seed disk, and read back which settings survived.
+# data on a seed disk, and read back which settings survived. One guest per
+# Debian release with its own cloud-init (bullseye 20.4, bookworm 22.4,
+# trixie 25.1, forky 26.x); the seed is ConfigDrive (label config-2, as
+# Tencent Cloud's) on every release, and NoCloud on bookworm too.
 #
 #   boot control    no prepare-image            every setting overwritten
 #   boot all        prepare-image --keep all    every setting kept
@@ -16,43 +19,102 @@
 #                   each image first (read-only: its sha256 must not change),
 #                   and its verdict must agree with the boot (DOCTOR_ROWS in
 #                   evaluate.py)
+#   (the above through NoCloud, bookworm only)
+#   boot cd-control, cd-all, cd-hostdns
+#                   the same keeps through ConfigDrive, on every release
+#   boot cd-keep-PROFILE
+#                   each profile alone, on the newest release
 #
-# Everything else the boots show (cloud-init status, failing modules, host
-# keys, deferred write_files, ...) is reported and checked against EXPECT in
-# evaluate.py. See README.md beside this file.
+# Before each keep boot `prepare-image status --format json` reads the image;
+# its kept/overwritten per setting must equal the boot's. Everything else
+# the boots show (cloud-init status, failing modules, host keys, deferred
+# write_files, ...) is reported and checked against EXPECT in evaluate.py,
+# and RELEASE_EFFECTS / RELEASE_GAPS there say where a release differs.
+# See README.md beside this file.
 #
 # Needs root, debootstrap, qemu-system-x86_64, sfdisk, mkfs.ext4, debugfs, mkfs.vfat,
-# mcopy, zstd, python3 (.ci/run installs them). Environment:
-#   XDG_CACHE_HOME        the rootfs tarball is cached under
+# mcopy, mmd, zstd, python3 (.ci/run installs them). Environment:
+#   E2E_RELEASES          releases of a matrix run (default: bullseye bookworm
+#                         trixie forky), run at once, sharing the guest slots
+#   E2E_RELEASE           run one release only (what the matrix run does for each)
+#   XDG_CACHE_HOME        the rootfs tarballs are cached under
 #                         ${XDG_CACHE_HOME:-$HOME/.cache}/prepare-image-e2e/
 #   E2E_MIRROR            Debian mirror (default: the one this machine's apt
 #                         sources name for bookworm, scripts/apt-mirror.sh)
 #   E2E_ACCEL             kvm|tcg: skip the KVM probe
-#   E2E_BOOT_TIMEOUT      seconds before a boot is killed (default 420)
+#   E2E_BOOT_TIMEOUT      seconds before a boot is killed (default 900)
 #   E2E_KEEP_WORK=1       keep the work directory (images, logs) afterwards
-#   E2E_BOOTS             space-separated subset of ALL_BOOTS below (leftovers and
+#   E2E_BOOTS             space-separated subset of the boots, by name (every
+#                         release that has it) or RELEASE:NAME (leftovers and
 #                         leftovers-fixed add control: they start from its disk)
 #   E2E_PARALLEL          guests booted at once (default 2, one vCPU each)
 #   PREPARE_IMAGE         the binary to test (default: cargo build --release)
+# `run.sh --rootfs-only` with E2E_RELEASE builds (or finds) that release's
+# rootfs tarball and stops.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 GUEST=$HERE/guest
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/prepare-image-e2e
+# The Debian release of the guest (issue 12: one per cloud-init release).
+SUITE=${E2E_RELEASE:-bookworm}
+# Debian's archive carries every release: the URI this machine's apt uses
+# for bookworm serves them all.
 MIRROR=${E2E_MIRROR:-$("$REPO/scripts/apt-mirror.sh" bookworm)}
-SUITE=bookworm
-BOOT_TIMEOUT=${E2E_BOOT_TIMEOUT:-420}
+# forky (testing): this debootstrap has no script of its name; sid's
+# bootstraps it. Its archive snapshot can be older than its Release file's
+# Valid-Until, which apt then refuses unless told.
+DEBOOTSTRAP_SCRIPT=""
+NO_VALID_UNTIL=0
+case "$SUITE" in
+    bullseye|bookworm|trixie) ;;
+    forky) DEBOOTSTRAP_SCRIPT=/usr/share/debootstrap/scripts/sid
+           NO_VALID_UNTIL=1;;
+    *) printf 'e2e: error: E2E_RELEASE=%s: one of bullseye bookworm trixie forky\n' "$SUITE" >&2; exit 2;;
+esac
+# forky's guest reaches its report after 450+ s under TCG on a loaded machine.
+BOOT_TIMEOUT=${E2E_BOOT_TIMEOUT:-900}
 KVM_PROBE_TIMEOUT=10
-# The boots of issue 4 (the keeps), then those of issue 9 (doctor): each fault
-# as it is and after its fix (see DOCTOR_ROWS in evaluate.py).
-ALL_BOOTS="control all hostdns rootuser nopyyaml nopyyaml-fixed shebang shebang-fixed
+# The boots of issue 4 (the keeps) and of issue 9 (doctor: each fault as it
+# is and after its fix, see DOCTOR_ROWS in evaluate.py), fed through NoCloud:
+# bookworm only.
+NOCLOUD_BOOTS="control all hostdns rootuser nopyyaml nopyyaml-fixed shebang shebang-fixed
     disabled disabled-fixed masked masked-fixed leftovers leftovers-fixed"
+# Issue 12: the keeps through ConfigDrive (Tencent Cloud's datasource) on
+# every release; on the newest, each profile alone as well (cd-keep-NAME).
+PROFILES="hostname hosts dns repos ntp passwords keys network"
+CD_BOOTS="cd-control cd-all cd-hostdns"
+NEWEST_RELEASE=forky
+case "$SUITE" in
+    bookworm) ALL_BOOTS="$NOCLOUD_BOOTS $CD_BOOTS";;
+    "$NEWEST_RELEASE") ALL_BOOTS="$CD_BOOTS $(printf 'cd-keep-%s ' $PROFILES)";;
+    *) ALL_BOOTS=$CD_BOOTS;;
+esac
 # The order they start in: the long control boot first (the leftovers boots
 # start from its disk), the doctor's broken images next.
 START_ORDER="control nopyyaml shebang disabled masked leftovers nopyyaml-fixed shebang-fixed
-    disabled-fixed masked-fixed leftovers-fixed all hostdns rootuser"
-BOOTS=$(echo ${E2E_BOOTS:-$ALL_BOOTS})
+    disabled-fixed masked-fixed leftovers-fixed all hostdns rootuser $CD_BOOTS
+    $(printf 'cd-keep-%s ' $PROFILES)"
+# E2E_BOOTS: names (every release that has the boot) or RELEASE:NAME.
+if [ -n "${E2E_BOOTS:-}" ]; then
+    BOOTS=""
+    for b in $E2E_BOOTS; do
+        case "$b" in
+            *:*) [ "${b%%:*}" = "$SUITE" ] || continue; b=${b#*:};;
+        esac
+        case " $(echo $ALL_BOOTS) " in
+            *" $b "*) BOOTS="$BOOTS $b";;
+        esac
+    done
+    BOOTS=$(echo $BOOTS)
+else
+    BOOTS=$(echo $ALL_BOOTS)
+fi
+if [ -n "${E2E_RELEASE:-}" ] && [ -z "$BOOTS" ] && [ "${1:-}" != --rootfs-only ]; then
+    printf 'e2e: %s: none of E2E_BOOTS (%s) is a boot of this release\n' "$SUITE" "$E2E_BOOTS" >&2
+    exit 0
+fi
 # The leftovers are the control boot's own: it runs first.
 case " $BOOTS " in
     *" control "*) ;;
@@ -81,13 +143,20 @@ GUEST_PACKAGES=(
     chrony                # cloud-init's ntp module writes /etc/chrony/chrony.conf on Debian
     iproute2              # ip: the report reads the addresses; networkd is in systemd
 )
+# cloud-init 20.4 (bullseye) has no networkd renderer (21.x added it): it
+# renders for networkd through netplan (see customize_root).
+if [ "$SUITE" = bullseye ]; then GUEST_PACKAGES+=(netplan.io); fi
+# resize2fs for cloud-init's resizefs: e2fsprogs is no longer in
+# debootstrap's minbase from trixie on, and without it resizefs fails and
+# with it the whole boot (status error, every cloud-init unit failed).
+case "$SUITE" in trixie|forky) GUEST_PACKAGES+=(e2fsprogs);; esac
 RECIPE=1  # bump when build_rootfs changes in a way the package list does not show
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "e2e: error: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, loop devices for prepare-image)"
-for tool in debootstrap qemu-system-x86_64 sfdisk mkfs.ext4 debugfs mkfs.vfat mcopy zstd tar unshare systemctl sha256sum; do
+for tool in debootstrap qemu-system-x86_64 sfdisk mkfs.ext4 debugfs mkfs.vfat mcopy mmd zstd tar unshare systemctl sha256sum; do
     command -v "$tool" >/dev/null || die "$tool not found (see .ci/run for the packages)"
 done
 PY=/usr/bin/python3
@@ -115,10 +184,26 @@ stage_end() {
 WORK=""
 BUILD_DIR=""
 declare -a CHILD_PIDS=()
+declare -a RELEASE_PIDS=()
+SHARED_OWN=""
 cleanup() {
     local rc=$?
     set +e
     local pid
+    # The matrix: each release's run (their own traps stop their guests).
+    for pid in "${RELEASE_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            log "e2e: cleanup: stopping release run pid $pid"
+            kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+        fi
+    done
+    if [ -n "$SHARED_OWN" ] && [ -d "$SHARED_OWN" ]; then
+        if [ "${E2E_KEEP_WORK:-0}" = 1 ]; then
+            log "e2e: matrix directory kept: $SHARED_OWN"
+        else
+            rm -rf --one-file-system "$SHARED_OWN"
+        fi
+    fi
     for pid in "${CHILD_PIDS[@]}"; do
         if kill -0 "$pid" 2>/dev/null; then
             log "e2e: cleanup: killing qemu pid $pid"
@@ -153,6 +238,58 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
+# ---------------------------------------------------------------- matrix --
+# Without E2E_RELEASE the script runs itself once per release of
+# E2E_RELEASES, all at once: a release still bootstrapping its rootfs
+# overlaps the others' image builds and boots. They share one prepare-image
+# build, one KVM probe and E2E_PARALLEL guest slots (lock files in the
+# shared directory, held by each qemu), then the table release x boot x
+# setting is printed.
+run_matrix() {
+    local releases=${E2E_RELEASES:-bullseye bookworm trixie forky} r pid rc failed=()
+    SHARED_OWN=$(mktemp -d /var/tmp/prepare-image-e2e-matrix.XXXXXX)
+    mkdir "$SHARED_OWN/summaries"
+    local t0=$SECONDS
+    stage_begin "build prepare-image"
+    if [ -z "${PREPARE_IMAGE:-}" ]; then
+        (cd "$REPO" && cargo build --release --locked --quiet)
+        PREPARE_IMAGE=${CARGO_TARGET_DIR:-$REPO/target}/release/prepare-image
+    fi
+    [ -x "$PREPARE_IMAGE" ] || die "$PREPARE_IMAGE is not executable"
+    export PREPARE_IMAGE
+    stage_end
+    stage_begin "releases ($releases)"
+    declare -A pid_of=()
+    for r in $releases; do
+        E2E_RELEASE=$r E2E_SHARED=$SHARED_OWN bash "$HERE/run.sh" \
+            > >(sed -u "s/^/[$r] /") 2>&1 &
+        pid_of[$r]=$!
+        RELEASE_PIDS+=("$!")
+    done
+    for r in $releases; do
+        rc=0
+        wait "${pid_of[$r]}" || rc=$?
+        [ "$rc" = 0 ] || failed+=("$r (exit $rc)")
+    done
+    RELEASE_PIDS=()
+    stage_end
+    sleep 0.5  # the prefixing seds drain
+    printf '\n== release x boot x setting\n'
+    "$PY" "$HERE/evaluate.py" --matrix-table "$SHARED_OWN"/summaries/*.json || failed+=("matrix table")
+    printf '\n== timings (matrix)\n'
+    printf '%s\n' "${TIMINGS[@]}"
+    printf '%-34s %7ss\n' "e2e total" "$(( SECONDS - t0 ))"
+    if [ "${#failed[@]}" -gt 0 ]; then
+        printf 'e2e: FAILED: %s\n' "${failed[*]}"
+        return 1
+    fi
+    printf 'e2e: every release passed: %s\n' "$releases"
+}
+if [ -z "${E2E_RELEASE:-}" ]; then
+    run_matrix
+    exit
+fi
+
 # ------------------------------------------------------------- the rootfs --
 cache_key() {
     printf '%s\n' "suite=$SUITE" "mirror=$MIRROR" "recipe=$RECIPE" "${GUEST_PACKAGES[@]}" \
@@ -164,14 +301,17 @@ cache_key() {
 # with it whatever happens. No service starts (policy-rc.d).
 build_rootfs() {
     local tarball=$1 dir
-    dir=$(mktemp -d "$CACHE/build.XXXXXX")
+    dir=$(mktemp -d "$CACHE/build-$SUITE.XXXXXX")
     BUILD_DIR=$dir
     chmod 755 "$dir"  # apt in the chroot downloads as _apt
     # shellcheck disable=SC2016
     unshare --mount --propagation private -- /bin/bash -euo pipefail -c '
-        dir=$1; suite=$2; mirror=$3; shift 3
-        debootstrap --variant=minbase "$suite" "$dir" "$mirror" >"$dir.debootstrap.log" 2>&1 || {
+        dir=$1; suite=$2; mirror=$3; script=$4; no_valid_until=$5; shift 5
+        debootstrap --variant=minbase "$suite" "$dir" "$mirror" $script >"$dir.debootstrap.log" 2>&1 || {
             tail -n 30 "$dir.debootstrap.log" >&2; exit 1; }
+        if [ "$no_valid_until" = 1 ]; then
+            echo "Acquire::Check-Valid-Until \"false\";" >"$dir/etc/apt/apt.conf.d/99e2e-valid-until"
+        fi
         mount -t proc proc "$dir/proc"
         mount -t sysfs sysfs "$dir/sys"
         mount --rbind /dev "$dir/dev"
@@ -182,9 +322,9 @@ build_rootfs() {
             --no-install-recommends install "$@" >"$dir.apt.log" 2>&1 || {
             tail -n 30 "$dir.apt.log" >&2; exit 1; }
         chroot "$dir" apt-get clean
-        rm -f "$dir/usr/sbin/policy-rc.d"
+        rm -f "$dir/usr/sbin/policy-rc.d" "$dir/etc/apt/apt.conf.d/99e2e-valid-until"
         rm -rf "$dir"/var/lib/apt/lists/* "$dir"/tmp/* "$dir"/var/log/*.log
-    ' e2e-rootfs "$dir" "$SUITE" "$MIRROR" "${GUEST_PACKAGES[@]}"
+    ' e2e-rootfs "$dir" "$SUITE" "$MIRROR" "$DEBOOTSTRAP_SCRIPT" "$NO_VALID_UNTIL" "${GUEST_PACKAGES[@]}"
     rm -f "$dir.debootstrap.log" "$dir.apt.log"
     tar --numeric-owner --xattrs --xattrs-include='*' --acls -C "$dir" -cf - . \
         | zstd -q -T0 -3 -o "$tarball.part"
@@ -200,9 +340,10 @@ if [ -s "$TARBALL" ]; then
     log "e2e: cached rootfs: $TARBALL"
     STAGE_NAME="rootfs (cached)"
 else
-    # Older tarballs for other package lists go: one cache entry at a time.
-    rm -f "$CACHE"/rootfs-*.tar.zst "$CACHE"/rootfs-*.tar.zst.part
-    rm -rf --one-file-system "$CACHE"/build.*
+    # Older tarballs of this release for other package lists go: one cache
+    # entry per release (the other releases' builds may be running).
+    rm -f "$CACHE/rootfs-$SUITE"-*.tar.zst "$CACHE/rootfs-$SUITE"-*.tar.zst.part
+    rm -rf --one-file-system "$CACHE/build-$SUITE".*
     build_rootfs "$TARBALL"
     log "e2e: built $TARBALL ($(du -h "$TARBALL" | cut -f1))"
 fi
@@ -245,6 +386,15 @@ customize_root() {
     rm "$root/etc/shadow.e2e"
     grep -q "^root:$IMAGE_SHADOW_HASH:" "$root/etc/shadow" || die "setting root's hash failed"
     install -m 644 "$GUEST/cloud.cfg" "$root/etc/cloud/cloud.cfg"
+    adapt_modules_to_release "$root"
+    # bullseye's cloud-init 20.4 depends on ifupdown and renders ENI first,
+    # which brings up nothing here (the image's network is networkd's); the
+    # image picks netplan instead, whose networkd files in /run sort before
+    # the image's own, as the networkd renderer's do on later releases.
+    if [ "$SUITE" = bullseye ]; then
+        printf '%s\n' "# e2e: bullseye renders the cloud's network through netplan (networkd)" \
+            'system_info: {network: {renderers: [netplan]}}' >"$root/etc/cloud/cloud.cfg.d/50-e2e-netplan.cfg"
+    fi
     # Debian's debconf drop-in would decide datasource_list; cloud.cfg does here.
     rm -f "$root/etc/cloud/cloud.cfg.d/90_dpkg.cfg"
     install -m 755 "$GUEST/e2e-report" "$root/usr/local/sbin/e2e-report"
@@ -260,6 +410,37 @@ stage_begin "image build (rootfs, GPT disk, seed)"
 ROOT=$WORK/root
 mkdir "$ROOT"
 zstd -q -dc "$TARBALL" | tar --numeric-owner --xattrs --xattrs-include='*' --acls -C "$ROOT" -xf -
+# guest/cloud.cfg lists the modules of Tencent's cloud.cfg that bookworm's
+# cloud-init 22.4 has; other releases lack some (write-files-deferred came in
+# 21.3; migrator, rightscale_userdata and others went later). An entry for a
+# module the image's cloud-init does not have only makes it warn, so each
+# release's image lists those it has: the drops are printed, and the README
+# lists them per release.
+adapt_modules_to_release() {
+    local root=$1 pkg
+    pkg=$(ls -d "$root"/usr/lib/python3/dist-packages/cloudinit/config 2>/dev/null) \
+        || die "no cloudinit/config in the guest"
+    # shellcheck disable=SC2016
+    "$PY" - "$root/etc/cloud/cloud.cfg" "$pkg" "$SUITE" <<'PYTHON' >&2 || die "adapting cloud.cfg failed"
+import pathlib, re, sys
+cfg, pkg, suite = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+out, dropped, section = [], [], None
+for line in cfg.read_text().splitlines(keepends=True):
+    m = re.match(r"^([A-Za-z_]\w*):", line)
+    if m:
+        section = m.group(1)
+    entry = re.match(r"^ - \[?'?([\w-]+)", line)
+    if entry and section and section.endswith("_modules"):
+        name = entry.group(1).replace("-", "_")
+        if not (pkg / f"cc_{name}.py").exists():
+            dropped.append(entry.group(1))
+            continue
+    out.append(line)
+cfg.write_text("".join(out))
+print(f"e2e: {suite}: cloud.cfg modules this cloud-init lacks, left out: {' '.join(dropped) or 'none'}")
+PYTHON
+}
+
 customize_root "$ROOT"
 KERNEL=$(ls "$ROOT"/boot/vmlinuz-* | sort -V | tail -n 1)
 INITRD=$ROOT/boot/initrd.img-${KERNEL##*/vmlinuz-}
@@ -283,9 +464,33 @@ SFDISK
     dd if="$disk.ext4" of="$disk" bs=1M seek=1 conv=notrunc,sparse status=none
     rm "$disk.ext4"
 }
-make_disk "$ROOT" "$WORK/base.raw"
-
 wanted() { case " $BOOTS " in *" $1 "*) return 0;; esac; return 1; }
+wanted_prefix() { case " $BOOTS " in *" $1"*) return 0;; esac; return 1; }
+
+# The image for the ConfigDrive boots (issue 12): the datasource settings of
+# Tencent Cloud's cloud.cfg (tencent-centos-rhel8.5.cfg) instead of NoCloud.
+# Upstream cloud-init has no TencentCloud datasource (Tencent's images carry
+# their own build): an unknown name in datasource_list is passed over.
+if wanted_prefix cd-; then
+    cp -p "$ROOT/etc/cloud/cloud.cfg" "$WORK/cloud.cfg.nocloud"
+    # shellcheck disable=SC2016
+    "$PY" - "$ROOT/etc/cloud/cloud.cfg" <<'PYTHON' || die "the ConfigDrive cloud.cfg: datasource_list not as expected"
+import pathlib, sys
+p = pathlib.Path(sys.argv[1])
+old = "datasource_list: [ NoCloud, None ]\n"
+new = ("datasource_list: [ ConfigDrive, TencentCloud ]\n"
+       "datasource:\n  ConfigDrive:\n    dsmode: local\n")
+text = p.read_text()
+assert text.count(old) == 1
+p.write_text(text.replace(old, new))
+PYTHON
+    make_disk "$ROOT" "$WORK/base-cd.raw"
+    cat "$WORK/cloud.cfg.nocloud" >"$ROOT/etc/cloud/cloud.cfg"
+fi
+# The NoCloud image (bookworm's boots of issues 4 and 9).
+if printf '%s\n' $BOOTS | grep -qv '^cd-'; then
+    make_disk "$ROOT" "$WORK/base.raw"
+fi
 
 # The same image with the default user of Tencent Cloud's own cloud.cfg
 # (root, password not locked) instead of Debian's `debian`.
@@ -377,6 +582,31 @@ mkfs.vfat -n cidata "$SEED" >/dev/null 2>&1 || die "mkfs.vfat $SEED failed"
 for f in meta-data user-data vendor-data network-config; do
     mcopy -i "$SEED" "$GUEST/seed/$f" "::$f"
 done
+# The ConfigDrive seed, as Tencent Cloud's: a FAT filesystem labelled
+# config-2 with openstack/latest/{meta_data.json, network_data.json} from
+# guest/configdrive, vendor_data.json carrying the very cloud-config of
+# guest/seed/vendor-data under its `cloud-init` key (the eight settings, one
+# source for both datasources), and user_data. One change: the password goes
+# as `chpasswd: {list: [USER:PASSWORD]}`, the form every cloud-init reads
+# (20.4 knows no `chpasswd.users`, which came in 22.2 and deprecated `list`
+# in 22.3); NoCloud keeps `users`, so both forms stay proven.
+CD_SEED=$WORK/seed-cd.img
+truncate -s 4M "$CD_SEED"
+mkfs.vfat -n config-2 "$CD_SEED" >/dev/null 2>&1 || die "mkfs.vfat $CD_SEED failed"
+# shellcheck disable=SC2016
+"$PY" - "$GUEST/seed/vendor-data" >"$WORK/vendor_data.json" <<'PYTHON' || die "vendor_data.json failed"
+import json, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+users = cfg["chpasswd"].pop("users")
+assert all(u.get("type") == "text" for u in users)
+cfg["chpasswd"]["list"] = [f"{u['name']}:{u['password']}" for u in users]
+text = "#cloud-config\n" + yaml.safe_dump(cfg, sort_keys=False)
+json.dump({"cloud-init": text}, sys.stdout, indent=2)
+PYTHON
+mmd -i "$CD_SEED" ::openstack ::openstack/latest
+mcopy -i "$CD_SEED" "$GUEST/configdrive/openstack/latest/meta_data.json" \
+    "$GUEST/configdrive/openstack/latest/network_data.json" "$WORK/vendor_data.json" ::openstack/latest/
+mcopy -i "$CD_SEED" "$GUEST/seed/user-data" ::openstack/latest/user_data
 stage_end
 
 # ------------------------------------------------------------------ boots --
@@ -416,7 +646,19 @@ run_qemu() {
 # KVM; a working KVM reaches the "VFS: Unable to mount root" panic, reboots
 # (panic=-1) and qemu exits (-no-reboot) within seconds.
 ACCEL=${E2E_ACCEL:-}
+SHARED=${E2E_SHARED:-}
 stage_begin "KVM probe"
+# In a matrix run the first release to get here probes; the others wait for
+# its answer (one probe per run).
+if [ -z "$ACCEL" ] && [ -n "$SHARED" ]; then
+    exec {probe_fd}>>"$SHARED/kvm-probe.lock"
+    flock "$probe_fd"
+    if [ -s "$SHARED/accel" ]; then
+        ACCEL=$(cat "$SHARED/accel")
+        log "e2e: accelerator from this run's probe: $ACCEL"
+        E2E_ACCEL=$ACCEL
+    fi
+fi
 if [ -z "$ACCEL" ]; then
     ACCEL=tcg
     if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
@@ -433,6 +675,10 @@ if [ -z "${E2E_ACCEL:-}" ] && [ "$ACCEL" = tcg ]; then
     log "e2e: KVM unusable: the guest kernel did not reach its no-root panic within ${KVM_PROBE_TIMEOUT}s ($(wc -c <"$WORK/kvm-probe.log" 2>/dev/null || echo 0) bytes of console output)"
 fi
 log "e2e: accelerator: $ACCEL"
+if [ -n "$SHARED" ]; then
+    [ -s "$SHARED/accel" ] || echo "$ACCEL" >"$SHARED/accel"
+    exec {probe_fd}>&-
+fi
 STAGE_NAME="KVM probe (-> $ACCEL)"
 stage_end
 
@@ -455,6 +701,19 @@ declare -A BOOT_DISK=([control]=base [all]=base [hostdns]=base [rootuser]=base-r
     [leftovers]=disk-leftovers [leftovers-fixed]=disk-leftovers)
 declare -A BOOT_STEP=([all]="keep all" [hostdns]="keep hostname,dns" [rootuser]="keep all"
     [shebang-fixed]=fix [leftovers-fixed]=clean)
+# The ConfigDrive boots: the same keeps on the ConfigDrive image.
+BOOT_DISK[cd-control]=base-cd
+BOOT_DISK[cd-all]=base-cd
+BOOT_DISK[cd-hostdns]=base-cd
+BOOT_STEP[cd-all]="keep all"
+BOOT_STEP[cd-hostdns]="keep hostname,dns"
+for p in $PROFILES; do
+    BOOT_DISK[cd-keep-$p]=base-cd
+    BOOT_STEP[cd-keep-$p]="keep $p"
+done
+# The boots whose keeps `prepare-image status` must predict (issue 12): the
+# image's state per setting, read before the boot, against the boot's.
+STATUS_BOOTS=" control all hostdns rootuser $(echo ${!BOOT_DISK[@]} | tr ' ' '\n' | grep '^cd-' | xargs) "
 # The boots whose image doctor judges (the rows of DOCTOR_ROWS).
 DOCTOR_BOOTS=" control nopyyaml nopyyaml-fixed shebang shebang-fixed disabled disabled-fixed"
 DOCTOR_BOOTS+=" masked masked-fixed leftovers leftovers-fixed "
@@ -541,18 +800,43 @@ start_boot() {
     log "== boot $name${BOOT_STEP[$name]:+ (${BOOT_STEP[$name]})} [$accel]"
     prepare_disk "$name" "$img"
     case "$DOCTOR_BOOTS" in *" $name "*) run_doctor "$name" "$img";; esac
+    case "$STATUS_BOOTS" in *" $name "*)
+        "$PREPARE_IMAGE" status --format json "$img" >"$WORK/$name.status.json" 2>"$WORK/$name.status.err" || {
+            cat "$WORK/$name.status.err" >&2; FAILED+=("status $name: prepare-image status failed"); };;
+    esac
+    local seed=$SEED
+    case "$name" in cd-*) seed=$CD_SEED;; esac
     rm -f "$WORK/$name.console.log" "$WORK/$name.report.log"
     # shellcheck disable=SC2046
     qemu-system-x86_64 "${QEMU_COMMON[@]}" $(accel_args "$accel") \
         -append "$KERNEL_CMDLINE" \
         -drive "file=$img,format=raw,if=virtio,cache=unsafe" \
-        -drive "file=$SEED,format=raw,if=virtio,readonly=on" \
+        -drive "file=$seed,format=raw,if=virtio,readonly=on" \
         -nic "$QEMU_NET" \
         -serial "file:$WORK/$name.console.log" \
         -serial "file:$WORK/$name.report.log" &
     QEMU_PID[$name]=$!
     QEMU_START[$name]=$SECONDS
     CHILD_PIDS+=("$!")
+    # qemu holds the slot's lock now; it is free again when qemu exits.
+    exec {SLOT_FD}>&-
+}
+
+# A guest slot: one of PARALLEL lock files, in the matrix's shared directory
+# (all releases' guests count) or this run's. Sets SLOT_FD, which the next
+# qemu inherits; returns 1 when every slot is taken.
+SLOTS=${SHARED:-$WORK}
+acquire_slot() {
+    local i fd
+    for (( i = 0; i < PARALLEL; i++ )); do
+        exec {fd}>>"$SLOTS/slot.$i"
+        if flock -n "$fd"; then
+            SLOT_FD=$fd
+            return 0
+        fi
+        exec {fd}>&-
+    done
+    return 1
 }
 
 # Called while the boot's qemu runs: returns 1 while it is still running;
@@ -585,7 +869,7 @@ finish_boot() {
             log "e2e: no report under KVM (rc $rc): booting $name again under TCG"
             ACCEL=tcg
             BOOT_ACCEL[$name]=tcg
-            start_boot "$name"
+            QUEUE=("$name" "${QUEUE[@]}")
             return 0
         fi
         log "e2e: boot $name gave no report (rc $rc); last console lines:"
@@ -594,7 +878,8 @@ finish_boot() {
     else
         local doctor_args=()
         case "$DOCTOR_BOOTS" in *" $name "*) doctor_args=(--doctor-json "$WORK/$name.doctor.json");; esac
-        if out=$("$PY" "$HERE/evaluate.py" --boot "$name" --guest "$GUEST" \
+        if [ -s "$WORK/$name.status.json" ]; then doctor_args+=(--status-json "$WORK/$name.status.json"); fi
+        if out=$("$PY" "$HERE/evaluate.py" --release "$SUITE" --boot "$name" --guest "$GUEST" \
                 --image-host-keys "$WORK/image-host-keys.pub" \
                 --report "$WORK/$name.report.log" --json-out "$WORK/$name.report.json" \
                 --summary-out "$WORK/$name.summary.json" "${doctor_args[@]}"); then
@@ -637,7 +922,7 @@ while [ "${#QUEUE[@]}" -gt 0 ] || [ "${#QEMU_PID[@]}" -gt 0 ]; do
     for b in "${!QEMU_PID[@]}"; do
         poll_boot "$b" || true
     done
-    while [ "${#QEMU_PID[@]}" -lt "$PARALLEL" ] && b=$(next_boot); do
+    while b=$(next_boot) && acquire_slot; do
         for i in "${!QUEUE[@]}"; do
             if [ "${QUEUE[$i]}" = "$b" ]; then unset "QUEUE[$i]"; fi
         done
@@ -664,7 +949,9 @@ doctor_summaries=()
 for b in $BOOTS; do
     [ -f "$WORK/$b.summary.json" ] || continue
     case "$DOCTOR_BOOTS" in *" $b "*) doctor_summaries+=("$WORK/$b.summary.json");; esac
-    case "$b" in control|all|hostdns|rootuser) summaries+=("$WORK/$b.summary.json");; esac
+    case "$b" in control|all|hostdns|rootuser|cd-*) summaries+=("$WORK/$b.summary.json");; esac
+    # The matrix's table gathers every release's summaries.
+    if [ -n "$SHARED" ]; then cp "$WORK/$b.summary.json" "$SHARED/summaries/$SUITE.$b.json"; fi
 done
 if [ "${#summaries[@]}" -gt 0 ]; then
     printf '\n== per-setting table\n'
