@@ -183,7 +183,7 @@ pub fn open(
         );
     }
 
-    let (chosen, kind, probe) = match partition {
+    let (chosen, kind, subvolume, probe) = match partition {
         Some(number) => {
             let (p, kind) = kinds
                 .iter()
@@ -196,7 +196,18 @@ pub fn open(
                     )
                 })?;
             refuse_unmountable(&display, &p, &kind)?;
-            (p, kind, None)
+            // A btrfs root may sit in a subvolume even when the partition
+            // is chosen by hand; otherwise the directory flow says what is
+            // missing.
+            let subvolume = if kind == FsKind::Btrfs {
+                match probe_partition(&raw, &raw_path, &display, &p, kind, false, marker.path)? {
+                    Probed::Found { subvolume, .. } => subvolume,
+                    Probed::Missing { .. } => None,
+                }
+            } else {
+                None
+            };
+            (p, kind, subvolume, None)
         }
         None => find_root(&raw, &raw_path, &display, &kinds, !writable, marker)?,
     };
@@ -211,12 +222,8 @@ pub fn open(
             let loop_device =
                 LoopDevice::attach(&raw, &raw_path, chosen.offset, chosen.size, !writable)?;
             interrupt::pause_point("attached")?;
-            let options = if writable {
-                ""
-            } else {
-                kind.read_only_options()
-            };
-            let mount = Mount::new(loop_device.path(), fstype, !writable, options)
+            let options = mount_options(kind, writable, subvolume.as_deref());
+            let mount = Mount::new(loop_device.path(), fstype, !writable, &options)
                 .with_context(|| format!("partition {} of {display}", chosen.number))?;
             (loop_device, mount)
         }
@@ -227,7 +234,10 @@ pub fn open(
     opened.loop_device = Some(loop_device);
     opened.raw = Some(raw);
     opened.info.partition = chosen.number;
-    opened.info.filesystem = kind.name().to_string();
+    opened.info.filesystem = match &subvolume {
+        Some(name) => format!("{} subvol={name}", kind.name()),
+        None => kind.name().to_string(),
+    };
     interrupt::check()?;
     Ok(opened)
 }
@@ -331,8 +341,165 @@ fn dangling_link_target(root: &Root, mountpoint: &Path, marker: &str) -> Option<
 /// use it as it is instead of attaching and mounting it a second time.
 type Probe = (LoopDevice, Mount);
 
-/// Probes every mountable partition read-only for `etc/cloud/cloud.cfg`.
-/// Returns the one that holds it, with its probe mount when it is kept.
+/// The mount(2) data string for the root: the no-replay option of a
+/// read-only mount, and the subvolume that holds the root, if any.
+fn mount_options(kind: FsKind, writable: bool, subvolume: Option<&str>) -> String {
+    let no_replay = if writable {
+        ""
+    } else {
+        kind.read_only_options()
+    };
+    let subvol = subvolume.map(|name| format!("subvol={name}"));
+    [Some(no_replay.to_string()), subvol]
+        .into_iter()
+        .flatten()
+        .filter(|o| !o.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What probing one partition for the root marker found.
+enum Probed {
+    /// The marker is there: in the filesystem's default view, or (btrfs) in
+    /// the top-level subvolume `subvolume`. `probe` is the read-only mount
+    /// of the default view when it was asked to be kept.
+    Found {
+        subvolume: Option<String>,
+        probe: Option<Probe>,
+    },
+    /// Not there; `dangling` is the marker's link target when the marker is
+    /// a symbolic link to nothing.
+    Missing { dangling: Option<PathBuf> },
+}
+
+/// Mounts `p` read-only and looks for `marker`; on btrfs, when the default
+/// subvolume lacks it, in the top-level subvolumes too (Fedora's layout:
+/// the root in subvolume `root`, the default left at the top level).
+fn probe_partition(
+    raw: &File,
+    raw_path: &Path,
+    display: &str,
+    p: &Partition,
+    kind: FsKind,
+    keep_probe: bool,
+    marker: &str,
+) -> Result<Probed> {
+    let fstype = kind.mount_type().expect("checked mountable");
+    let device = LoopDevice::attach(raw, raw_path, p.offset, p.size, true)?;
+    let mount = match Mount::new(device.path(), fstype, true, kind.read_only_options()) {
+        Ok(mount) => mount,
+        // A filesystem that does not mount cannot be the root we want;
+        // if it is the only candidate, the caller says why.
+        Err(_) => {
+            device.close()?;
+            return Ok(Probed::Missing { dangling: None });
+        }
+    };
+    let root = Root::open(mount.path()).ok();
+    let found = root.as_ref().is_some_and(|r| r.exists(Path::new(marker)));
+    let dangling = if found {
+        None
+    } else {
+        root.as_ref()
+            .and_then(|r| dangling_link_target(r, mount.path(), marker))
+    };
+    drop(root);
+    if found && keep_probe {
+        return Ok(Probed::Found {
+            subvolume: None,
+            probe: Some((device, mount)),
+        });
+    }
+    mount.close()?;
+    if found {
+        device.close()?;
+        return Ok(Probed::Found {
+            subvolume: None,
+            probe: None,
+        });
+    }
+    let subvolume = if kind == FsKind::Btrfs {
+        btrfs_subvolume_holding(&device, display, p, marker)
+    } else {
+        Ok(None)
+    };
+    device.close()?;
+    Ok(match subvolume? {
+        Some(name) => Probed::Found {
+            subvolume: Some(name),
+            probe: None,
+        },
+        None => Probed::Missing { dangling },
+    })
+}
+
+/// The inode number of every btrfs subvolume's root directory
+/// (BTRFS_FIRST_FREE_OBJECTID): how a directory seen through a mount tells
+/// it is a subvolume.
+const BTRFS_SUBVOLUME_ROOT_INO: u64 = 256;
+
+/// The top-level subvolume of the btrfs on `device` that holds `marker`:
+/// the top level (subvolid=5) is mounted read-only and each subvolume
+/// directory in it is looked into, confined like any root.
+fn btrfs_subvolume_holding(
+    device: &LoopDevice,
+    display: &str,
+    p: &Partition,
+    marker: &str,
+) -> Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let options = format!("{},subvolid=5", FsKind::Btrfs.read_only_options());
+    let Ok(top) = Mount::new(device.path(), "btrfs", true, &options) else {
+        return Ok(None);
+    };
+    let mut holding = Vec::new();
+    let entries = std::fs::read_dir(top.path()).with_context(|| {
+        format!(
+            "listing the top level of partition {} of {display}",
+            p.number
+        )
+    });
+    for entry in entries?.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = top.path().join(&name);
+        let is_subvolume = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_dir() && m.ino() == BTRFS_SUBVOLUME_ROOT_INO);
+        if is_subvolume && Root::open(&path).is_ok_and(|r| r.exists(Path::new(marker))) {
+            holding.push(name);
+        }
+    }
+    top.close()?;
+    choose_subvolume(holding, display, p.number, marker)
+}
+
+/// The one subvolume that holds the root; several (a root and its
+/// snapshots) cannot be told apart here, and a name mount(2) cannot take
+/// (a comma ends the option) is refused rather than mangled.
+fn choose_subvolume(
+    mut holding: Vec<String>,
+    display: &str,
+    number: u32,
+    marker: &str,
+) -> Result<Option<String>> {
+    holding.sort();
+    match holding.as_slice() {
+        [] => Ok(None),
+        [name] if name.contains(',') => bail!(
+            "{display}: partition {number} holds /{marker} in btrfs subvolume {name:?}, whose name has a comma, which the subvol= mount option cannot take: rename the subvolume, or make it the default one (btrfs subvolume set-default)"
+        ),
+        [name] => Ok(Some(name.clone())),
+        _ => bail!(
+            "{display}: several btrfs subvolumes of partition {number} hold /{marker} ({}); make the one the guest boots the default subvolume (btrfs subvolume set-default) and run again",
+            holding.join(", ")
+        ),
+    }
+}
+
+/// Probes every mountable partition read-only for the root marker.
+/// Returns the one that holds it (and the btrfs subvolume it is in), with
+/// its probe mount when it is kept.
 fn find_root(
     raw: &File,
     raw_path: &Path,
@@ -340,7 +507,7 @@ fn find_root(
     kinds: &[(Partition, FsKind)],
     keep_probe: bool,
     marker: RootMarker,
-) -> Result<(Partition, FsKind, Option<Probe>)> {
+) -> Result<(Partition, FsKind, Option<String>, Option<Probe>)> {
     let RootMarker {
         path: marker,
         missing_hint: hint,
@@ -351,44 +518,30 @@ fn find_root(
     // named when no partition holds a readable cloud.cfg.
     let mut dangling: Option<(u32, PathBuf)> = None;
     for (p, kind) in kinds {
-        let Some(fstype) = kind.mount_type() else {
+        if kind.mount_type().is_none() {
             continue;
-        };
-        let device = LoopDevice::attach(raw, raw_path, p.offset, p.size, true)?;
-        let mount = match Mount::new(device.path(), fstype, true, kind.read_only_options()) {
-            Ok(mount) => mount,
-            // A filesystem that does not mount cannot be the root we want;
-            // if it is the only candidate, say why below.
-            Err(_) => {
-                device.close()?;
-                continue;
-            }
-        };
-        let root = Root::open(mount.path()).ok();
-        let found = root.as_ref().is_some_and(|r| r.exists(Path::new(marker)));
-        if !found
-            && let Some(target) = root
-                .as_ref()
-                .and_then(|r| dangling_link_target(r, mount.path(), marker))
-        {
-            dangling.get_or_insert((p.number, target));
         }
-        drop(root);
-        if found && keep_probe && kept.is_none() {
-            kept = Some((device, mount));
-        } else {
-            mount.close()?;
-            device.close()?;
+        let keep = keep_probe && kept.is_none();
+        match probe_partition(raw, raw_path, display, p, *kind, keep, marker)? {
+            Probed::Found { subvolume, probe } => {
+                if probe.is_some() {
+                    kept = probe;
+                }
+                candidates.push((p.clone(), *kind, subvolume));
+            }
+            Probed::Missing {
+                dangling: Some(target),
+            } => {
+                dangling.get_or_insert((p.number, target));
+            }
+            Probed::Missing { dangling: None } => {}
         }
         interrupt::check()?;
-        if found {
-            candidates.push((p.clone(), *kind));
-        }
     }
     match candidates.len() {
         1 => {
-            let (p, kind) = candidates.remove(0);
-            Ok((p, kind, kept))
+            let (p, kind, subvolume) = candidates.remove(0);
+            Ok((p, kind, subvolume, kept))
         }
         0 => {
             if let Some((p, kind)) = kinds.iter().find(|(_, k)| {
@@ -417,9 +570,60 @@ fn find_root(
                 }
             )
         }
-        _ => bail!(
-            "{display}: several partitions hold /{marker} ({}); choose one with --partition N",
-            describe(&candidates)
-        ),
+        _ => {
+            let found: Vec<(Partition, FsKind)> =
+                candidates.iter().map(|(p, k, _)| (p.clone(), *k)).collect();
+            bail!(
+                "{display}: several partitions hold /{marker} ({}); choose one with --partition N",
+                describe(&found)
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options_join_no_replay_and_subvolume() {
+        assert_eq!(mount_options(FsKind::Btrfs, true, None), "");
+        assert_eq!(
+            mount_options(FsKind::Btrfs, false, None),
+            "rescue=nologreplay"
+        );
+        assert_eq!(
+            mount_options(FsKind::Btrfs, true, Some("root")),
+            "subvol=root"
+        );
+        assert_eq!(
+            mount_options(FsKind::Btrfs, false, Some("root")),
+            "rescue=nologreplay,subvol=root"
+        );
+        assert_eq!(mount_options(FsKind::Xfs, false, None), "norecovery");
+    }
+
+    #[test]
+    fn one_subvolume_is_chosen_several_or_a_comma_are_refused() {
+        let choose = |names: &[&str]| {
+            choose_subvolume(
+                names.iter().map(|n| n.to_string()).collect(),
+                "d.img",
+                2,
+                "etc/cloud/cloud.cfg",
+            )
+        };
+        assert_eq!(choose(&[]).unwrap(), None);
+        assert_eq!(choose(&["root"]).unwrap(), Some("root".to_string()));
+        assert_eq!(
+            choose(&["root-snap", "root"]).unwrap_err().to_string(),
+            "d.img: several btrfs subvolumes of partition 2 hold /etc/cloud/cloud.cfg (root, root-snap); make the one the guest boots the default subvolume (btrfs subvolume set-default) and run again"
+        );
+        assert!(
+            choose(&["a,b"])
+                .unwrap_err()
+                .to_string()
+                .contains("has a comma")
+        );
     }
 }
