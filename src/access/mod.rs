@@ -3,6 +3,7 @@
 //! confined path walk inside that root.
 
 pub mod commit;
+pub mod fs;
 pub mod image;
 pub mod lock;
 pub mod root;

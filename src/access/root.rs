@@ -12,7 +12,6 @@
 //! open then uses `RESOLVE_NO_SYMLINKS` on a single, already resolved component, so what we open is
 //! exactly what we report.
 
-use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
@@ -32,10 +31,9 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 use xattr::FileExt;
 
 pub use crate::access::commit::CommitError;
+use crate::access::fs::{self, Found, FsRead, Stream, Tree};
 
-/// The kernel's own limit (MAXSYMLINKS); matching it means we accept exactly the trees the image's
-/// own boot would accept.
-const MAX_SYMLINK_HOPS: u32 = 40;
+mod userspace;
 
 /// Longest file name most Linux file systems accept (NAME_MAX).
 pub(super) const NAME_MAX: usize = 255;
@@ -43,12 +41,31 @@ pub(super) const NAME_MAX: usize = 255;
 /// Mode of files we create from nothing: what a package would install cloud.cfg with.
 const NEW_FILE_MODE: u32 = 0o644;
 
-/// An opened image root. Holding a descriptor (not just the path) means every later lookup is anchored to
-/// the same directory even if the path is remounted or renamed meanwhile.
-#[derive(Debug)]
+/// An opened image root: a directory (a mounted image, a chroot, `/`), or a filesystem read in user
+/// space (see `access::fs`). Both answer every read alike, through the same confined walk; only a
+/// directory can be written. Holding a descriptor (not just the path) means every later lookup is
+/// anchored to the same directory even if the path is remounted or renamed meanwhile.
 pub struct Root {
-    fd: OwnedFd,
+    backend: Backend,
     path: PathBuf,
+}
+
+enum Backend {
+    Directory(OwnedFd),
+    Reader(Box<dyn FsRead>),
+}
+
+impl fmt::Debug for Root {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match self.backend {
+            Backend::Directory(_) => "directory",
+            Backend::Reader(_) => "user-space reader",
+        };
+        f.debug_struct("Root")
+            .field("path", &self.path)
+            .field("backend", &backend)
+            .finish()
+    }
 }
 
 /// A regular file read from the image, with the metadata a rewrite must preserve.
@@ -403,48 +420,45 @@ pub(super) fn is_type(st: &FileStat, t: SFlag) -> bool {
     st.st_mode & SFlag::S_IFMT.bits() == t.bits()
 }
 
-enum Step {
-    Up,
-    Down(OsString),
-}
+/// The directory root as a tree for `fs::walk`: each directory an O_PATH descriptor opened
+/// relative to its (already resolved) parent, so the root stays enforced by the kernel at every step.
+struct FdTree<'a>(BorrowedFd<'a>);
 
-fn steps(path: &Path) -> (bool, Vec<Step>) {
-    let mut absolute = false;
-    let mut out = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::RootDir => absolute = true,
-            Component::Prefix(_) | Component::CurDir => {}
-            Component::ParentDir => out.push(Step::Up),
-            Component::Normal(n) => out.push(Step::Down(n.to_os_string())),
+impl Tree for FdTree<'_> {
+    type Dir = OwnedFd;
+
+    fn probe(&self, parent: Option<&OwnedFd>, name: &OsStr) -> Result<Found, AccessErrorKind> {
+        let dir = parent.map_or(self.0, |d| d.as_fd());
+        match readlinkat(dir, name) {
+            Ok(target) => Ok(Found::Link(PathBuf::from(target))),
+            Err(Errno::EINVAL) => Ok(Found::Present),
+            Err(Errno::ENOENT) => Ok(Found::Missing),
+            Err(e) => Err(kind_from_errno(e)),
         }
     }
-    (absolute, out)
+
+    fn enter(&self, parent: Option<&OwnedFd>, name: &OsStr) -> Result<OwnedFd, AccessErrorKind> {
+        let dir = parent.map_or(self.0, |d| d.as_fd());
+        open_in(
+            dir,
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(kind_from_errno)
+    }
 }
 
-/// The outcome of a lookup: the chain of directories down to the parent, and the final name.
-struct Resolved {
-    /// Directories from the root down to the parent of `name`, each opened O_PATH.
-    dirs: Vec<(OsString, OwnedFd)>,
-    /// `None` when the path names the root itself.
-    name: Option<OsString>,
-    exists: bool,
+type Resolved = fs::Resolved<OwnedFd>;
+
+/// Resolves `rel` inside the directory `root` (see `fs::walk`).
+fn walk(root: BorrowedFd<'_>, rel: &Path) -> Result<Resolved, AccessErrorKind> {
+    fs::walk(&FdTree(root), rel)
 }
 
-impl Resolved {
-    fn parent<'a>(&'a self, root: &'a Root) -> BorrowedFd<'a> {
-        self.dirs
-            .last()
-            .map_or(root.fd.as_fd(), |(_, fd)| fd.as_fd())
-    }
-
-    fn rel_path(&self) -> PathBuf {
-        self.dirs
-            .iter()
-            .map(|(n, _)| n.as_os_str())
-            .chain(self.name.as_deref())
-            .collect()
-    }
+/// The directory holding the walk's final name.
+fn parent_fd<'a>(root: BorrowedFd<'a>, r: &'a Resolved) -> BorrowedFd<'a> {
+    r.parent().map_or(root, |d| d.as_fd())
 }
 
 /// A file opened for reading after checking (through an O_PATH descriptor, which never triggers a device's
@@ -517,13 +531,34 @@ impl Root {
         )
         .map_err(|e| anyhow!("cannot open image root {}: {}", path.display(), e.desc()))?;
         Ok(Root {
-            fd,
+            backend: Backend::Directory(fd),
             path: path.to_path_buf(),
         })
     }
 
+    /// A root read in user space by `fs` (an image's filesystem); `display` names it in messages.
+    pub fn from_reader(fs: Box<dyn FsRead>, display: PathBuf) -> Root {
+        Root {
+            backend: Backend::Reader(fs),
+            path: display,
+        }
+    }
+
+    /// Whether this root can be written (a directory); a user-space root is read-only.
+    pub fn is_writable_backend(&self) -> bool {
+        matches!(self.backend, Backend::Directory(_))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory's descriptor, or the user-space reader.
+    fn dir(&self) -> Result<BorrowedFd<'_>, &dyn FsRead> {
+        match &self.backend {
+            Backend::Directory(fd) => Ok(fd.as_fd()),
+            Backend::Reader(reader) => Err(reader.as_ref()),
+        }
     }
 
     /// Names the root differently in messages: an image's root is a temp
@@ -534,86 +569,17 @@ impl Root {
         self
     }
 
-    /// Resolves `rel` the way the kernel would with the image root as `/`, but in user space so the
-    /// resulting path can be reported. Each directory is opened relative to its (already resolved)
-    /// parent, so the root stays enforced by the kernel at every step.
-    fn walk(&self, rel: &Path) -> Result<Resolved, AccessErrorKind> {
-        let (_, initial) = steps(rel);
-        let mut queue: VecDeque<Step> = initial.into();
-        let mut dirs: Vec<(OsString, OwnedFd)> = Vec::new();
-        let mut hops = 0;
-
-        while let Some(step) = queue.pop_front() {
-            let name = match step {
-                Step::Up => {
-                    // At the root, ".." is the root, as for any process chrooted there.
-                    dirs.pop();
-                    continue;
-                }
-                Step::Down(name) => name,
-            };
-            let parent = dirs.last().map_or(self.fd.as_fd(), |(_, fd)| fd.as_fd());
-            match readlinkat(parent, name.as_os_str()) {
-                Ok(target) => {
-                    hops += 1;
-                    if hops > MAX_SYMLINK_HOPS {
-                        return Err(AccessErrorKind::TooManyLinks);
-                    }
-                    if target.is_empty() {
-                        return Err(AccessErrorKind::NotFound);
-                    }
-                    let (absolute, target_steps) = steps(Path::new(&target));
-                    if absolute {
-                        dirs.clear();
-                    }
-                    for s in target_steps.into_iter().rev() {
-                        queue.push_front(s);
-                    }
-                }
-                // Exists and is not a symlink.
-                Err(Errno::EINVAL) => {
-                    if queue.is_empty() {
-                        return Ok(Resolved {
-                            dirs,
-                            name: Some(name),
-                            exists: true,
-                        });
-                    }
-                    let fd = open_in(
-                        parent,
-                        &name,
-                        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
-                        Mode::empty(),
-                    )
-                    .map_err(kind_from_errno)?;
-                    dirs.push((name, fd));
-                }
-                Err(Errno::ENOENT) if queue.is_empty() => {
-                    return Ok(Resolved {
-                        dirs,
-                        name: Some(name),
-                        exists: false,
-                    });
-                }
-                Err(e) => return Err(kind_from_errno(e)),
-            }
-        }
-        // The path ended on a directory (e.g. "a/b/.." or a link to "/"): name that directory.
-        let name = dirs.pop().map(|(name, _)| name);
-        Ok(Resolved {
-            dirs,
-            name,
-            exists: true,
-        })
-    }
-
     /// Follows symlinks (confined to the root, at most 40 hops) including the final component and returns
     /// the root-relative path (no leading '/', e.g. "etc/cloud/cloud.cfg" or, for a link, "etc/shadow")
     /// of what it names. The final component need not exist (then this is the lexical path under the
     /// resolved parent), so callers can say where a missing file was looked for.
     pub fn resolve(&self, rel: &Path) -> Result<PathBuf, AccessError> {
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(reader) => return userspace::resolve(self, reader, rel),
+        };
         let ctx = Ctx::new(self, Op::Resolve, rel);
-        self.walk(rel).map(|r| r.rel_path()).map_err(|k| ctx.err(k))
+        walk(fd, rel).map(|r| r.rel_path()).map_err(|k| ctx.err(k))
     }
 
     /// Reads a regular file. Never blocks on a FIFO and never opens a device: the type is checked on an
@@ -624,13 +590,13 @@ impl Root {
 
     /// Whether `rel` is a regular file after following links inside the root; any failure means "no",
     /// as with Python's `os.path.isfile()`.
-    fn is_regular_file(&self, rel: &Path) -> bool {
-        let Ok(r) = self.walk(rel) else { return false };
+    fn is_regular_file(fd: BorrowedFd<'_>, rel: &Path) -> bool {
+        let Ok(r) = walk(fd, rel) else { return false };
         let (true, Some(name)) = (r.exists, r.name.as_deref()) else {
             return false;
         };
         open_in(
-            r.parent(self),
+            parent_fd(fd, &r),
             name,
             OFlag::O_PATH | OFlag::O_NOFOLLOW,
             Mode::empty(),
@@ -642,8 +608,12 @@ impl Root {
     /// Lists a directory: `Ok(None)` when it does not exist (a missing drop-in directory is normal).
     /// Entries are sorted by name bytes, which is the order cloud-init applies `*.cfg` drop-ins in.
     pub fn list_dir(&self, rel: &Path) -> Result<Option<Vec<DirEntry>>, AccessError> {
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(reader) => return userspace::list_dir(self, reader, rel),
+        };
         let mut ctx = Ctx::new(self, Op::List, rel);
-        let r = match self.walk(rel) {
+        let r = match walk(fd, rel) {
             Ok(r) => r,
             Err(AccessErrorKind::NotFound) => return Ok(None),
             Err(k) => return Err(ctx.err(k)),
@@ -653,16 +623,16 @@ impl Root {
         if !r.exists {
             return Ok(None);
         }
-        let fd = match r.name.as_deref() {
+        let listed = match r.name.as_deref() {
             None => open_in(
-                self.fd.as_fd(),
+                fd,
                 OsStr::new("."),
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY,
                 Mode::empty(),
             )
             .map_err(|e| ctx.err(kind_from_errno(e)))?,
             Some(name) => {
-                let parent = r.parent(self);
+                let parent = parent_fd(fd, &r);
                 let probe = open_in(
                     parent,
                     name,
@@ -685,9 +655,9 @@ impl Root {
                 .map_err(|e| ctx.err(kind_from_errno(e)))?
             }
         };
-        let mut dir = Dir::from_fd(fd).map_err(|e| ctx.err(kind_from_errno(e)))?;
+        let mut listing = Dir::from_fd(listed).map_err(|e| ctx.err(kind_from_errno(e)))?;
         let mut names = Vec::new();
-        for entry in dir.iter() {
+        for entry in listing.iter() {
             let entry = entry.map_err(|e| ctx.err(kind_from_errno(e)))?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
@@ -698,7 +668,7 @@ impl Root {
         let entries = names
             .into_iter()
             .map(|name| DirEntry {
-                is_regular_file: self.is_regular_file(&path.join(&name)),
+                is_regular_file: Self::is_regular_file(fd, &path.join(&name)),
                 name,
             })
             .collect();
@@ -708,8 +678,12 @@ impl Root {
     /// Opens the directory `rel` (links followed inside the root) for reading, e.g. to lock it;
     /// `Ok(None)` when it does not exist. Also returns its root-relative path.
     pub fn open_dir(&self, rel: &Path) -> Result<Option<(OwnedFd, PathBuf)>, AccessError> {
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(reader) => return userspace::open_dir(self, reader, rel),
+        };
         let mut ctx = Ctx::new(self, Op::Read, rel);
-        let r = match self.walk(rel) {
+        let r = match walk(fd, rel) {
             Ok(r) if r.exists => r,
             Ok(_) | Err(AccessErrorKind::NotFound) => return Ok(None),
             Err(k) => return Err(ctx.err(k)),
@@ -717,8 +691,8 @@ impl Root {
         let path = r.rel_path();
         ctx.resolved_to(&path);
         let (parent, name) = match r.name.as_deref() {
-            None => (self.fd.as_fd(), OsStr::new(".")),
-            Some(name) => (r.parent(self), name),
+            None => (fd, OsStr::new(".")),
+            Some(name) => (parent_fd(fd, &r), name),
         };
         let fd = open_in(
             parent,
@@ -732,7 +706,11 @@ impl Root {
 
     /// Whether `rel` exists (following symlinks inside the root); used to name where we looked.
     pub fn exists(&self, rel: &Path) -> bool {
-        self.walk(rel).is_ok_and(|r| r.exists)
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(reader) => return userspace::exists(reader, rel),
+        };
+        walk(fd, rel).is_ok_and(|r| r.exists)
     }
 
     /// First phase of an atomic replace. Links are resolved first, so a symlinked cloud.cfg has its target
@@ -743,8 +721,12 @@ impl Root {
     /// `commit` swaps in a complete file whose metadata matches. A missing target is created as
     /// 0644 root:root. On any error the temp file is removed.
     pub fn prepare_write(&self, rel: &Path, contents: &[u8]) -> Result<PendingWrite, AccessError> {
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(_) => return userspace::prepare_write(self, rel),
+        };
         let mut ctx = Ctx::new(self, Op::Write, rel);
-        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
+        let r = walk(fd, rel).map_err(|k| ctx.err(k))?;
         let path = r.rel_path();
         ctx.resolved_to(&path);
         let Some(name) = r.name.clone() else {
@@ -752,7 +734,7 @@ impl Root {
                 kind: "a directory",
             }));
         };
-        let parent = r.parent(self);
+        let parent = parent_fd(fd, &r);
         let original = if r.exists {
             Some(open_regular(parent, &name).map_err(|k| ctx.err(k))?)
         } else {
@@ -1017,7 +999,11 @@ struct ParentAndName {
 impl Root {
     /// Resolves everything but the final component of `rel`. `Ok(None)` when the parent does not
     /// exist; an error when `rel` names the root itself or ends in `..` (nothing to not-follow).
-    fn parent_and_name(&self, ctx: &Ctx, rel: &Path) -> Result<Option<ParentAndName>, AccessError> {
+    fn parent_and_name(
+        fd: BorrowedFd<'_>,
+        ctx: &Ctx,
+        rel: &Path,
+    ) -> Result<Option<ParentAndName>, AccessError> {
         let name = match rel.components().next_back() {
             Some(Component::Normal(name)) => name.to_os_string(),
             _ => {
@@ -1028,7 +1014,7 @@ impl Root {
             }
         };
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
-        let r = match self.walk(parent_rel) {
+        let r = match walk(fd, parent_rel) {
             Ok(r) => r,
             Err(AccessErrorKind::NotFound) => return Ok(None),
             Err(k) => return Err(ctx.err(k)),
@@ -1039,13 +1025,13 @@ impl Root {
         let parent_path = r.rel_path();
         let parent = match r.name.as_deref() {
             None => open_in(
-                self.fd.as_fd(),
+                fd,
                 OsStr::new("."),
                 OFlag::O_PATH | OFlag::O_DIRECTORY,
                 Mode::empty(),
             ),
             Some(dir) => open_in(
-                r.parent(self),
+                parent_fd(fd, &r),
                 dir,
                 OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
                 Mode::empty(),
@@ -1066,8 +1052,12 @@ impl Root {
     /// in an image is untrusted and may be huge (a sparse terabyte), so readers that need only text
     /// near the start cap what they hold.
     pub fn read_file_prefix(&self, rel: &Path, max: u64) -> Result<FileContents, AccessError> {
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(reader) => return userspace::read_file_prefix(self, reader, rel, max),
+        };
         let mut ctx = Ctx::new(self, Op::Read, rel);
-        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
+        let r = walk(fd, rel).map_err(|k| ctx.err(k))?;
         let path = r.rel_path();
         ctx.resolved_to(&path);
         if !r.exists {
@@ -1078,7 +1068,7 @@ impl Root {
                 kind: "a directory",
             }));
         };
-        let (file, st) = open_regular(r.parent(self), name).map_err(|k| ctx.err(k))?;
+        let (file, st) = open_regular(parent_fd(fd, &r), name).map_err(|k| ctx.err(k))?;
         let mut bytes = Vec::new();
         file.take(max)
             .read_to_end(&mut bytes)
@@ -1094,23 +1084,31 @@ impl Root {
 
     /// Opens a regular file for streaming (a 60 MB initramfs is read in pieces, never held whole),
     /// with the checks of `read_file`. Returns the resolved root-relative path and the file.
-    pub fn open_file(&self, rel: &Path) -> Result<(PathBuf, File), AccessError> {
+    pub fn open_file(&self, rel: &Path) -> Result<(PathBuf, Stream), AccessError> {
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(reader) => return userspace::open_file(self, reader, rel),
+        };
         let mut ctx = Ctx::new(self, Op::Read, rel);
-        let r = self.walk(rel).map_err(|k| ctx.err(k))?;
+        let r = walk(fd, rel).map_err(|k| ctx.err(k))?;
         let path = r.rel_path();
         ctx.resolved_to(&path);
         let (true, Some(name)) = (r.exists, r.name.as_deref()) else {
             return Err(ctx.err(AccessErrorKind::NotFound));
         };
-        let (file, _) = open_regular(r.parent(self), name).map_err(|k| ctx.err(k))?;
-        Ok((path, file))
+        let (file, _) = open_regular(parent_fd(fd, &r), name).map_err(|k| ctx.err(k))?;
+        Ok((path, Stream::File(file)))
     }
 
     /// `lstat` inside the root: the parents are resolved (confined), the final name is not
     /// followed. `Ok(None)` when it does not exist.
     pub fn symlink_metadata(&self, rel: &Path) -> Result<Option<EntryStat>, AccessError> {
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(reader) => return userspace::symlink_metadata(self, reader, rel),
+        };
         let ctx = Ctx::new(self, Op::Read, rel);
-        let Some(p) = self.parent_and_name(&ctx, rel)? else {
+        let Some(p) = Self::parent_and_name(fd, &ctx, rel)? else {
             return Ok(None);
         };
         match lstat_at(p.parent.as_fd(), &p.name) {
@@ -1127,8 +1125,12 @@ impl Root {
     /// `readlink` inside the root: the target exactly as stored (not resolved), or `Ok(None)` when
     /// the name is missing or not a symlink.
     pub fn read_link(&self, rel: &Path) -> Result<Option<PathBuf>, AccessError> {
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(reader) => return userspace::read_link(self, reader, rel),
+        };
         let ctx = Ctx::new(self, Op::Read, rel);
-        let Some(p) = self.parent_and_name(&ctx, rel)? else {
+        let Some(p) = Self::parent_and_name(fd, &ctx, rel)? else {
             return Ok(None);
         };
         match readlinkat(p.parent.as_fd(), p.name.as_os_str()) {
@@ -1148,8 +1150,12 @@ impl Root {
     /// Returns every path removed (or, with `dry_run`, that would be), children before their
     /// directory; empty when `rel` does not exist.
     pub fn remove_tree(&self, rel: &Path, dry_run: bool) -> Result<Vec<EntryStat>, AccessError> {
+        let fd = match self.dir() {
+            Ok(fd) => fd,
+            Err(reader) => return userspace::remove_tree(self, reader, rel, dry_run),
+        };
         let ctx = Ctx::new(self, Op::Write, rel);
-        let Some(p) = self.parent_and_name(&ctx, rel)? else {
+        let Some(p) = Self::parent_and_name(fd, &ctx, rel)? else {
             return Ok(Vec::new());
         };
         // A first pass that removes nothing finds mount points and over-deep trees, so that a

@@ -1,6 +1,7 @@
 //! Image files as targets: their format, partition table and filesystems,
 //! and the kernel resources (qemu view, loop device, mount) that turn one
 //! into a root directory, each behind a guard that releases it.
+pub mod block;
 pub mod containment;
 pub mod format;
 pub mod fstype;

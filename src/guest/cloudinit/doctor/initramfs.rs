@@ -5,11 +5,14 @@
 //! decompressor (`gzip -dc`, `zstd -dc`, ...) fed straight from the file, so
 //! neither the file nor its decompressed form is ever held whole.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::access::fs::Stream;
 
 /// The newc header: magic and 13 fields of 8 hex digits.
 const HEADER_LEN: usize = 110;
@@ -35,7 +38,7 @@ fn decompressor(magic: &[u8]) -> Option<&'static str> {
 
 /// Calls `visit` with every file name in the initramfs (as stored, e.g.
 /// `usr/lib/modules/...`); nothing is kept, so memory stays bounded by one name.
-pub fn for_each_name(mut file: File, visit: &mut dyn FnMut(&str)) -> Result<()> {
+pub fn for_each_name(mut file: Stream, visit: &mut dyn FnMut(&str)) -> Result<()> {
     let mut offset = 0u64;
     loop {
         file.seek(SeekFrom::Start(offset))?;
@@ -59,7 +62,7 @@ pub fn for_each_name(mut file: File, visit: &mut dyn FnMut(&str)) -> Result<()> 
         file.seek(SeekFrom::Start(offset))?;
         // The rest of the file is one compressed stream (the kernel too
         // stops at the end of a compressed part's archives).
-        let input = file.try_clone()?;
+        let input = host_file(&mut file)?;
         let mut child = Command::new(tool)
             .arg("-dc")
             .stdin(Stdio::from(input))
@@ -88,6 +91,29 @@ pub fn for_each_name(mut file: File, visit: &mut dyn FnMut(&str)) -> Result<()> 
         let _ = child.kill();
         let _ = child.wait();
         return result;
+    }
+}
+
+/// Largest compressed rest of an initramfs copied out of an image read in user space (real ones
+/// are under 200 MB).
+const MAX_SPILL: u64 = 1 << 31;
+
+/// The rest of `file` from its position, as a host file a decompressor can read: the file
+/// itself when it is one, else a copy in an unnamed temporary file (gone when closed).
+fn host_file(file: &mut Stream) -> io::Result<File> {
+    match file {
+        Stream::File(f) => f.try_clone(),
+        Stream::Reader(r) => {
+            let mut spill = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_TMPFILE)
+                .mode(0o600)
+                .open(std::env::temp_dir())?;
+            io::copy(&mut r.take(MAX_SPILL), &mut spill)?;
+            spill.seek(SeekFrom::Start(0))?;
+            Ok(spill)
+        }
     }
 }
 
@@ -212,7 +238,12 @@ pub(crate) mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(bytes).unwrap();
         let mut names = Vec::new();
-        for_each_name(file, &mut |n| names.push(n.to_string()))?;
+        for_each_name(Stream::File(file), &mut |n| names.push(n.to_string()))?;
+        // A file from an image read in user space is a stream, not a host file: same names.
+        let stream = Stream::Reader(Box::new(std::io::Cursor::new(bytes.to_vec())));
+        let mut streamed = Vec::new();
+        for_each_name(stream, &mut |n| streamed.push(n.to_string()))?;
+        assert_eq!(names, streamed);
         Ok(names)
     }
 
