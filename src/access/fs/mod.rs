@@ -17,7 +17,10 @@
 //! or whatever reading the disk failed with. `access::root` turns them
 //! into an `AccessError` naming the path.
 
+pub mod btrfs;
 pub mod ext4;
+mod inode_fs;
+pub mod xfs;
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};

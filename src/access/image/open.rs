@@ -20,6 +20,8 @@ use super::loopdev::{self, LoopDevice};
 use super::mount::Mount;
 use super::partition::{self, Partition, Table};
 use super::qemu::RawView;
+use crate::access::fs::btrfs::{self, choose_subvolume};
+use crate::access::fs::xfs;
 use crate::access::root::Root;
 
 /// What a run worked on, for every report.
@@ -203,6 +205,7 @@ pub fn open(
                 match probe_partition(&raw, &raw_path, &display, &p, kind, false, marker.path)? {
                     Probed::Found { subvolume, .. } => subvolume,
                     Probed::Missing { .. } => None,
+                    Probed::Refused(why) => return Err(why),
                 }
             } else {
                 None
@@ -223,8 +226,16 @@ pub fn open(
                 LoopDevice::attach(&raw, &raw_path, chosen.offset, chosen.size, !writable)?;
             interrupt::pause_point("attached")?;
             let options = mount_options(kind, writable, subvolume.as_deref());
-            let mount = Mount::new(loop_device.path(), fstype, !writable, &options)
-                .with_context(|| format!("partition {} of {display}", chosen.number))?;
+            let mount = match Mount::new(loop_device.path(), fstype, !writable, &options) {
+                Ok(mount) => mount,
+                Err(e) => {
+                    loop_device.close()?;
+                    if let Some(refusal) = xfs_v4_refusal(&raw, &display, &chosen, kind) {
+                        return Err(refusal);
+                    }
+                    return Err(e.context(format!("partition {} of {display}", chosen.number)));
+                }
+            };
             (loop_device, mount)
         }
     };
@@ -370,6 +381,28 @@ enum Probed {
     /// Not there; `dangling` is the marker's link target when the marker is
     /// a symbolic link to nothing.
     Missing { dangling: Option<PathBuf> },
+    /// It did not mount, and why is known (XFS v4 on a kernel without it).
+    Refused(anyhow::Error),
+}
+
+/// Why an XFS that the kernel refused to mount cannot be edited here, when
+/// it is v4 (`crc=0`): kernels built without `CONFIG_XFS_SUPPORT_V4` (the
+/// default since it was deprecated) cannot mount it at all. Reads do not
+/// need the kernel (user space reads v4); a write does.
+fn xfs_v4_refusal(raw: &File, display: &str, p: &Partition, kind: FsKind) -> Option<anyhow::Error> {
+    use std::os::unix::fs::FileExt as _;
+    if kind != FsKind::Xfs {
+        return None;
+    }
+    let mut sb = [0u8; 128];
+    raw.read_exact_at(&mut sb, p.offset).ok()?;
+    let version = xfs::Geometry::parse(&sb)?.version;
+    (version == 4).then(|| {
+        anyhow!(
+            "{display}: partition {} is XFS v4 (crc=0), which this host's kernel cannot mount, so prepare-image cannot write to it: make the edit inside the guest, or on a host whose kernel supports XFS v4",
+            p.number
+        )
+    })
 }
 
 /// Mounts `p` read-only and looks for `marker`; on btrfs, when the default
@@ -392,7 +425,10 @@ fn probe_partition(
         // if it is the only candidate, the caller says why.
         Err(_) => {
             device.close()?;
-            return Ok(Probed::Missing { dangling: None });
+            return Ok(match xfs_v4_refusal(raw, display, p, kind) {
+                Some(refusal) => Probed::Refused(refusal),
+                None => Probed::Missing { dangling: None },
+            });
         }
     };
     let root = Root::open(mount.path()).ok();
@@ -433,11 +469,6 @@ fn probe_partition(
     })
 }
 
-/// The inode number of every btrfs subvolume's root directory
-/// (BTRFS_FIRST_FREE_OBJECTID): how a directory seen through a mount tells
-/// it is a subvolume.
-const BTRFS_SUBVOLUME_ROOT_INO: u64 = 256;
-
 /// The top-level subvolume of the btrfs on `device` that holds `marker`:
 /// the top level (subvolid=5) is mounted read-only and each subvolume
 /// directory in it is looked into, confined like any root.
@@ -465,36 +496,13 @@ fn btrfs_subvolume_holding(
         };
         let path = top.path().join(&name);
         let is_subvolume = std::fs::symlink_metadata(&path)
-            .is_ok_and(|m| m.is_dir() && m.ino() == BTRFS_SUBVOLUME_ROOT_INO);
+            .is_ok_and(|m| m.is_dir() && m.ino() == btrfs::SUBVOLUME_ROOT_INO);
         if is_subvolume && Root::open(&path).is_ok_and(|r| r.exists(Path::new(marker))) {
             holding.push(name);
         }
     }
     top.close()?;
     choose_subvolume(holding, display, p.number, marker)
-}
-
-/// The one subvolume that holds the root; several (a root and its
-/// snapshots) cannot be told apart here, and a name mount(2) cannot take
-/// (a comma ends the option) is refused rather than mangled.
-fn choose_subvolume(
-    mut holding: Vec<String>,
-    display: &str,
-    number: u32,
-    marker: &str,
-) -> Result<Option<String>> {
-    holding.sort();
-    match holding.as_slice() {
-        [] => Ok(None),
-        [name] if name.contains(',') => bail!(
-            "{display}: partition {number} holds /{marker} in btrfs subvolume {name:?}, whose name has a comma, which the subvol= mount option cannot take: rename the subvolume, or make it the default one (btrfs subvolume set-default)"
-        ),
-        [name] => Ok(Some(name.clone())),
-        _ => bail!(
-            "{display}: several btrfs subvolumes of partition {number} hold /{marker} ({}); make the one the guest boots the default subvolume (btrfs subvolume set-default) and run again",
-            holding.join(", ")
-        ),
-    }
 }
 
 /// Probes every mountable partition read-only for the root marker.
@@ -517,6 +525,9 @@ fn find_root(
     // A partition whose cloud.cfg is a link to nothing: the likely root,
     // named when no partition holds a readable cloud.cfg.
     let mut dangling: Option<(u32, PathBuf)> = None;
+    // A partition the kernel cannot mount for a known reason: the likely
+    // root, named when no partition holds the marker.
+    let mut refused: Option<anyhow::Error> = None;
     for (p, kind) in kinds {
         if kind.mount_type().is_none() {
             continue;
@@ -535,6 +546,9 @@ fn find_root(
                 dangling.get_or_insert((p.number, target));
             }
             Probed::Missing { dangling: None } => {}
+            Probed::Refused(why) => {
+                refused.get_or_insert(why);
+            }
         }
         interrupt::check()?;
     }
@@ -554,6 +568,9 @@ fn find_root(
                 )
             }) {
                 refuse_unmountable(display, p, kind)?;
+            }
+            if let Some(why) = refused {
+                return Err(why);
             }
             if let Some((number, target)) = dangling {
                 bail!(
@@ -601,29 +618,5 @@ mod tests {
             "rescue=nologreplay,subvol=root"
         );
         assert_eq!(mount_options(FsKind::Xfs, false, None), "norecovery");
-    }
-
-    #[test]
-    fn one_subvolume_is_chosen_several_or_a_comma_are_refused() {
-        let choose = |names: &[&str]| {
-            choose_subvolume(
-                names.iter().map(|n| n.to_string()).collect(),
-                "d.img",
-                2,
-                "etc/cloud/cloud.cfg",
-            )
-        };
-        assert_eq!(choose(&[]).unwrap(), None);
-        assert_eq!(choose(&["root"]).unwrap(), Some("root".to_string()));
-        assert_eq!(
-            choose(&["root-snap", "root"]).unwrap_err().to_string(),
-            "d.img: several btrfs subvolumes of partition 2 hold /etc/cloud/cloud.cfg (root, root-snap); make the one the guest boots the default subvolume (btrfs subvolume set-default) and run again"
-        );
-        assert!(
-            choose(&["a,b"])
-                .unwrap_err()
-                .to_string()
-                .contains("has a comma")
-        );
     }
 }
