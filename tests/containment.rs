@@ -886,8 +886,9 @@ fn temp_directories_of_a_killed_run_are_removed_by_the_next_run() {
     qemu_img(&["convert", "-O", "qcow2", path_str(&disk), path_str(&image)]);
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("prepare-image"))
         .env("TMPDIR", &world.tmp)
-        .env("PREPARE_IMAGE_PAUSE", "attached")
-        .args(["status", path_str(&image)])
+        .env("PREPARE_IMAGE_PAUSE", "mounted")
+        // A write: reads go through user space and make no temp directory.
+        .args(["--keep", "hostname", path_str(&image)])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -896,7 +897,7 @@ fn temp_directories_of_a_killed_run_are_removed_by_the_next_run() {
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     assert!(
-        line.starts_with("prepare-image: paused at attached"),
+        line.starts_with("prepare-image: paused at mounted"),
         "{line}"
     );
     child.kill().unwrap();
@@ -926,7 +927,8 @@ fn temp_directories_of_a_killed_run_are_removed_by_the_next_run() {
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("raw"), "data").unwrap();
 
-    let out = world.run(&["status", path_str(&image)]);
+    // The next run that mounts sweeps them.
+    let out = world.run(&["--keep", "hostname", path_str(&image)]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(
         temp_entries(&world),

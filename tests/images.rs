@@ -637,6 +637,18 @@ fn image_json(image: &Path, format: Format, table: &str, partition: u32, fs: &st
     })
 }
 
+/// A `--format json` run that changed partition `partition` (holding
+/// `fs`) of the raw GPT (512-byte sectors) image `image`.
+fn assert_changed_raw_gpt512(apply: Output, image: &Path, partition: u32, fs: &str) {
+    assert_eq!(apply.code, Some(0), "{apply:?}");
+    let doc = apply.json();
+    assert_eq!(
+        doc["image"],
+        image_json(image, Format::Raw, "gpt (512-byte sectors)", partition, fs)
+    );
+    assert_eq!(doc["result"], "changed");
+}
+
 /// How text output names the image.
 fn headline(image: &Path, format: Format, table: &str, partition: u32, fs: &str) -> String {
     format!(
@@ -670,7 +682,7 @@ fn full_cycle(ctx: &Ctx, case: &Case) {
     let head = headline(image, case.format, case.table, number, case.fs.name());
     let before = sha256(image);
     rootless_reads_agree(ctx, case);
-    if read_in_user_space(case.format, case.fs) {
+    if read_in_user_space(case.format) {
         compare_with_kernel(ctx, case);
     }
 
@@ -771,10 +783,11 @@ fn full_cycle(ctx: &Ctx, case: &Case) {
     ctx.assert_released(false);
 }
 
-/// Which images the binary reads in user space (no root, no loop device, no mount); the others
-/// still need the kernel's mount and so root.
-fn read_in_user_space(format: Format, fs: Fs) -> bool {
-    matches!(format, Format::Raw | Format::Qcow2) && fs == Fs::Ext4
+/// Which images the binary reads in user space (no root, no loop device, no mount): every
+/// filesystem here (ext4, XFS, btrfs) in raw and qcow2; vmdk, vhd and vhdx still need
+/// qemu-storage-daemon, the kernel's mount and so root.
+fn read_in_user_space(format: Format) -> bool {
+    matches!(format, Format::Raw | Format::Qcow2)
 }
 
 /// The read-only commands, as an unprivileged user: the same answer as root where the image is
@@ -797,7 +810,7 @@ fn rootless_reads_agree(ctx: &Ctx, case: &Case) {
     ];
     for args in commands {
         let user = ctx.run_unprivileged(args);
-        if read_in_user_space(case.format, case.fs) {
+        if read_in_user_space(case.format) {
             let root = ctx.run(args);
             assert_eq!(
                 (user.code, &user.stdout, &user.stderr),
@@ -1005,20 +1018,12 @@ fn partition_flag_chooses_between_two_roots() {
         status.json()["image"],
         image_json(&disk.path, Format::Raw, "gpt (512-byte sectors)", 2, "ext4")
     );
-    let apply = ctx.run(&["--keep", KEEP, "--partition", "3", "--format", "json", img]);
-    assert_eq!(apply.code, Some(0), "{apply:?}");
-    let doc = apply.json();
-    assert_eq!(
-        doc["image"],
-        image_json(
-            &disk.path,
-            Format::Raw,
-            "gpt (512-byte sectors)",
-            3,
-            "btrfs"
-        )
+    assert_changed_raw_gpt512(
+        ctx.run(&["--keep", KEEP, "--partition", "3", "--format", "json", img]),
+        &disk.path,
+        3,
+        "btrfs",
     );
-    assert_eq!(doc["result"], "changed");
 
     let (cfg, _) = ctx.seen(&disk.path, disk.part(3), Fs::Btrfs, false);
     assert_eq!(cfg, e.edited, "partition 3 was chosen");
@@ -1026,6 +1031,133 @@ fn partition_flag_chooses_between_two_roots() {
     assert_eq!(cfg, e.original, "partition 2 was left alone");
     let check = ctx.run(&["--keep", KEEP, "--check", "--partition", "2", img]);
     assert_eq!(check.code, Some(3), "{check:?}");
+    ctx.assert_released(false);
+}
+
+/// A raw GPT disk `NAME.img` (BIOS boot, then partition 2) whose btrfs is
+/// in Fedora's layout: the root in subvolume `root`, `home` beside it, the
+/// default subvolume left at the top level; `snapshot` adds a read-write
+/// snapshot `root-old` of the root.
+fn fedora_disk(ctx: &Ctx, name: &str, snapshot: bool) -> Disk {
+    let dir = ctx.dir.path();
+    let tree = make_tree(dir, &format!("{name}-tree"), Tree::Root);
+    let file = dir.join(format!("{name}.fs"));
+    sparse_file(&file, Fs::Btrfs.size());
+    run("mkfs.btrfs", &["-q", path_str(&file)]);
+    let device = LoopDevice::attach(&file, &[]);
+    let top = dir.join(format!("{name}-populate"));
+    let mount = Mount::new(&device.path, &top, "btrfs", "nosuid,nodev");
+    for subvolume in ["root", "home"] {
+        run(
+            "btrfs",
+            &["-q", "subvolume", "create", path_str(&top.join(subvolume))],
+        );
+    }
+    run(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", tree.display()),
+            path_str(&top.join("root")),
+        ],
+    );
+    if snapshot {
+        run(
+            "btrfs",
+            &[
+                "-q",
+                "subvolume",
+                "snapshot",
+                path_str(&top.join("root")),
+                path_str(&top.join("root-old")),
+            ],
+        );
+    }
+    drop(mount);
+    drop(device);
+    std::fs::remove_dir(&top).unwrap();
+    build_disk(
+        dir,
+        &format!("{name}.img"),
+        Layout::Gpt512,
+        vec![bios_boot(), piece(file)],
+    )
+}
+
+#[test]
+fn btrfs_root_in_a_subvolume_is_found_for_reads_and_writes_and_snapshots_are_refused() {
+    let ctx = Ctx::new();
+    let e = expected();
+    let disk = fedora_disk(&ctx, "fedora", false);
+    let img = path_str(&disk.path);
+    let before = sha256(&disk.path);
+
+    let check = ctx.run(&["--keep", KEEP, "--check", img]);
+    assert_eq!(check.code, Some(3), "{check:?}");
+    let dry = ctx.run(&["--keep", KEEP, "--dry-run", img]);
+    assert_eq!(dry.code, Some(0), "{dry:?}");
+    assert_eq!(
+        dry.stdout, e.diff,
+        "the dry run shows the directory flow's diff"
+    );
+    assert_eq!(sha256(&disk.path), before, "reads change nothing");
+
+    assert_changed_raw_gpt512(
+        ctx.run(&["--keep", KEEP, "--format", "json", img]),
+        &disk.path,
+        2,
+        "btrfs subvol=root",
+    );
+
+    // The top level, as the kernel shows it: the edit is inside `root`,
+    // and nothing was written beside the subvolumes.
+    let (cfg, dropin, top) = ctx.inspect(&disk.path, disk.part(2), Fs::Btrfs, false, |top| {
+        let mut names: Vec<String> = std::fs::read_dir(top)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        (
+            std::fs::read_to_string(top.join("root").join(CLOUD_CFG)).unwrap(),
+            std::fs::read_to_string(top.join("root").join(DROPIN)).unwrap(),
+            names,
+        )
+    });
+    assert_eq!(cfg, e.edited);
+    assert_eq!(dropin, e.dropin);
+    assert_eq!(top, ["home", "root"]);
+    let check = ctx.run(&["--keep", KEEP, "--check", img]);
+    assert_eq!(check.code, Some(0), "{check:?}");
+    let status = ctx.run(&["status", "--partition", "2", "--format", "json", img]);
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert_eq!(status.json()["image"]["filesystem"], "btrfs subvol=root");
+    // The read-only commands find the subvolume in user space: the same answers without root.
+    for args in [
+        &["status", "--format", "json", img][..],
+        &["--keep", KEEP, "--check", img],
+        &["doctor", img],
+    ] {
+        let root = ctx.run(args);
+        let user = ctx.run_unprivileged(args);
+        assert_eq!(
+            (user.code, &user.stdout, &user.stderr),
+            (root.code, &root.stdout, &root.stderr),
+            "{args:?}"
+        );
+    }
+
+    // A root and its snapshot: which one boots is not ours to guess.
+    let snap = fedora_disk(&ctx, "snap", true);
+    let before = sha256(&snap.path);
+    let refused = ctx.run(&["--keep", KEEP, path_str(&snap.path)]);
+    assert_eq!(
+        refused.one_error(),
+        format!(
+            "error: {}: several btrfs subvolumes of partition 2 hold /etc/cloud/cloud.cfg (root, root-old); make the one the guest boots the default subvolume (btrfs subvolume set-default) and run again",
+            snap.path.display()
+        )
+    );
+    assert_eq!(sha256(&snap.path), before, "refusals change nothing");
     ctx.assert_released(false);
 }
 

@@ -17,8 +17,11 @@
 //! or whatever reading the disk failed with. `access::root` turns them
 //! into an `AccessError` naming the path.
 
+pub mod btrfs;
 pub mod ext4;
+mod inode_fs;
 pub mod ntfs;
+pub mod xfs;
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -346,6 +349,9 @@ pub fn reader_for(
         FsKind::Ext { .. } => {
             Some(ext4::Ext4Fs::load(window).map(|fs| Box::new(fs) as Box<dyn FsRead>))
         }
+        FsKind::Xfs => Some(xfs::load(window)),
+        // The default subvolume; `btrfs::load_root` finds a root kept in another one.
+        FsKind::Btrfs => Some(btrfs::load(window)),
         _ => None,
     }
 }

@@ -20,6 +20,8 @@ use super::loopdev::{self, LoopDevice};
 use super::mount::Mount;
 use super::partition::{self, Partition, Table};
 use super::qemu::RawView;
+use crate::access::fs::btrfs::{self, choose_subvolume};
+use crate::access::fs::xfs;
 use crate::access::root::Root;
 
 /// What a run worked on, for every report.
@@ -184,10 +186,22 @@ pub fn open(
     let kinds = partition_kinds(&mut raw, &layout, &display)?;
     refuse_unrecognised(&display, format, &layout, &kinds)?;
 
-    let (chosen, kind, probe) = match partition {
+    let (chosen, kind, subvolume, probe) = match partition {
         Some(number) => {
             let (p, kind) = chosen_by_hand(&display, &kinds, number)?;
-            (p, kind, None)
+            // A btrfs root may sit in a subvolume even when the partition
+            // is chosen by hand; otherwise the directory flow says what is
+            // missing.
+            let subvolume = if kind == FsKind::Btrfs {
+                match probe_partition(&raw, &raw_path, &display, &p, kind, false, marker.path)? {
+                    Probed::Found { subvolume, .. } => subvolume,
+                    Probed::Missing { .. } => None,
+                    Probed::Refused(why) => return Err(why),
+                }
+            } else {
+                None
+            };
+            (p, kind, subvolume, None)
         }
         None => find_root(&raw, &raw_path, &display, &kinds, !writable, marker)?,
     };
@@ -202,13 +216,17 @@ pub fn open(
             let loop_device =
                 LoopDevice::attach(&raw, &raw_path, chosen.offset, chosen.size, !writable)?;
             interrupt::pause_point("attached")?;
-            let options = if writable {
-                ""
-            } else {
-                kind.read_only_options()
+            let options = mount_options(kind, writable, subvolume.as_deref());
+            let mount = match Mount::new(loop_device.path(), fstype, !writable, &options) {
+                Ok(mount) => mount,
+                Err(e) => {
+                    loop_device.close()?;
+                    if let Some(refusal) = xfs_v4_refusal(&raw, &display, &chosen, kind) {
+                        return Err(refusal);
+                    }
+                    return Err(e.context(format!("partition {} of {display}", chosen.number)));
+                }
             };
-            let mount = Mount::new(loop_device.path(), fstype, !writable, options)
-                .with_context(|| format!("partition {} of {display}", chosen.number))?;
             (loop_device, mount)
         }
     };
@@ -218,9 +236,17 @@ pub fn open(
     opened.loop_device = Some(loop_device);
     opened.raw = Some(raw);
     opened.info.partition = chosen.number;
-    opened.info.filesystem = kind.name().to_string();
+    opened.info.filesystem = filesystem_name(kind, subvolume.as_deref());
     interrupt::check()?;
     Ok(opened)
+}
+
+/// How a report names the root's filesystem: with the btrfs subvolume that holds it, as mounted.
+pub(super) fn filesystem_name(kind: FsKind, subvolume: Option<&str>) -> String {
+    match subvolume {
+        Some(name) => format!("{} subvol={name}", kind.name()),
+        None => kind.name().to_string(),
+    }
 }
 
 /// How a report names a partition table.
@@ -389,8 +415,161 @@ pub(super) fn dangling_link_target(root: &Root, marker: &str) -> Option<PathBuf>
 /// use it as it is instead of attaching and mounting it a second time.
 type Probe = (LoopDevice, Mount);
 
-/// Probes every mountable partition read-only for `etc/cloud/cloud.cfg`.
-/// Returns the one that holds it, with its probe mount when it is kept.
+/// The mount(2) data string for the root: the no-replay option of a
+/// read-only mount, and the subvolume that holds the root, if any.
+fn mount_options(kind: FsKind, writable: bool, subvolume: Option<&str>) -> String {
+    let no_replay = if writable {
+        ""
+    } else {
+        kind.read_only_options()
+    };
+    let subvol = subvolume.map(|name| format!("subvol={name}"));
+    [Some(no_replay.to_string()), subvol]
+        .into_iter()
+        .flatten()
+        .filter(|o| !o.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What probing one partition for the root marker found.
+enum Probed {
+    /// The marker is there: in the filesystem's default view, or (btrfs) in
+    /// the top-level subvolume `subvolume`. `probe` is the read-only mount
+    /// of the default view when it was asked to be kept.
+    Found {
+        subvolume: Option<String>,
+        probe: Option<Probe>,
+    },
+    /// Not there; `dangling` is the marker's link target when the marker is
+    /// a symbolic link to nothing.
+    Missing { dangling: Option<PathBuf> },
+    /// It did not mount, and why is known (XFS v4 on a kernel without it).
+    Refused(anyhow::Error),
+}
+
+/// Why an XFS that the kernel refused to mount cannot be edited here, when
+/// it is v4 (`crc=0`): kernels built without `CONFIG_XFS_SUPPORT_V4` (the
+/// default since it was deprecated) cannot mount it at all. Reads do not
+/// need the kernel (user space reads v4); a write does.
+fn xfs_v4_refusal(raw: &File, display: &str, p: &Partition, kind: FsKind) -> Option<anyhow::Error> {
+    use std::os::unix::fs::FileExt as _;
+    if kind != FsKind::Xfs {
+        return None;
+    }
+    let mut sb = [0u8; 128];
+    raw.read_exact_at(&mut sb, p.offset).ok()?;
+    let version = xfs::Geometry::parse(&sb)?.version;
+    (version == 4).then(|| {
+        anyhow!(
+            "{display}: partition {} is XFS v4 (crc=0), which this host's kernel cannot mount, so prepare-image cannot write to it: make the edit inside the guest, or on a host whose kernel supports XFS v4",
+            p.number
+        )
+    })
+}
+
+/// Mounts `p` read-only and looks for `marker`; on btrfs, when the default
+/// subvolume lacks it, in the top-level subvolumes too (Fedora's layout:
+/// the root in subvolume `root`, the default left at the top level).
+fn probe_partition(
+    raw: &File,
+    raw_path: &Path,
+    display: &str,
+    p: &Partition,
+    kind: FsKind,
+    keep_probe: bool,
+    marker: &str,
+) -> Result<Probed> {
+    let fstype = kind.mount_type().expect("checked mountable");
+    let device = LoopDevice::attach(raw, raw_path, p.offset, p.size, true)?;
+    let mount = match Mount::new(device.path(), fstype, true, kind.read_only_options()) {
+        Ok(mount) => mount,
+        // A filesystem that does not mount cannot be the root we want;
+        // if it is the only candidate, the caller says why.
+        Err(_) => {
+            device.close()?;
+            return Ok(match xfs_v4_refusal(raw, display, p, kind) {
+                Some(refusal) => Probed::Refused(refusal),
+                None => Probed::Missing { dangling: None },
+            });
+        }
+    };
+    let root = Root::open(mount.path()).ok();
+    let found = root.as_ref().is_some_and(|r| r.exists(Path::new(marker)));
+    let dangling = if found {
+        None
+    } else {
+        root.as_ref().and_then(|r| dangling_link_target(r, marker))
+    };
+    drop(root);
+    if found && keep_probe {
+        return Ok(Probed::Found {
+            subvolume: None,
+            probe: Some((device, mount)),
+        });
+    }
+    mount.close()?;
+    if found {
+        device.close()?;
+        return Ok(Probed::Found {
+            subvolume: None,
+            probe: None,
+        });
+    }
+    let subvolume = if kind == FsKind::Btrfs {
+        btrfs_subvolume_holding(&device, display, p, marker)
+    } else {
+        Ok(None)
+    };
+    device.close()?;
+    Ok(match subvolume? {
+        Some(name) => Probed::Found {
+            subvolume: Some(name),
+            probe: None,
+        },
+        None => Probed::Missing { dangling },
+    })
+}
+
+/// The top-level subvolume of the btrfs on `device` that holds `marker`:
+/// the top level (subvolid=5) is mounted read-only and each subvolume
+/// directory in it is looked into, confined like any root.
+fn btrfs_subvolume_holding(
+    device: &LoopDevice,
+    display: &str,
+    p: &Partition,
+    marker: &str,
+) -> Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let options = format!("{},subvolid=5", FsKind::Btrfs.read_only_options());
+    let Ok(top) = Mount::new(device.path(), "btrfs", true, &options) else {
+        return Ok(None);
+    };
+    let mut holding = Vec::new();
+    let entries = std::fs::read_dir(top.path()).with_context(|| {
+        format!(
+            "listing the top level of partition {} of {display}",
+            p.number
+        )
+    });
+    for entry in entries?.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = top.path().join(&name);
+        let is_subvolume = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_dir() && m.ino() == btrfs::SUBVOLUME_ROOT_INO);
+        if is_subvolume && Root::open(&path).is_ok_and(|r| r.exists(Path::new(marker))) {
+            holding.push(name);
+        }
+    }
+    top.close()?;
+    choose_subvolume(holding, display, p.number, marker)
+}
+
+/// Probes every mountable partition read-only for the root marker.
+/// Returns the one that holds it (and the btrfs subvolume it is in), with
+/// its probe mount when it is kept.
 fn find_root(
     raw: &File,
     raw_path: &Path,
@@ -398,7 +577,7 @@ fn find_root(
     kinds: &[(Partition, FsKind)],
     keep_probe: bool,
     marker: RootMarker,
-) -> Result<(Partition, FsKind, Option<Probe>)> {
+) -> Result<(Partition, FsKind, Option<String>, Option<Probe>)> {
     let RootMarker {
         path: marker,
         missing_hint: hint,
@@ -408,51 +587,49 @@ fn find_root(
     // A partition whose cloud.cfg is a link to nothing: the likely root,
     // named when no partition holds a readable cloud.cfg.
     let mut dangling: Option<(u32, PathBuf)> = None;
+    // A partition the kernel cannot mount for a known reason: the likely
+    // root, named when no partition holds the marker.
+    let mut refused: Option<anyhow::Error> = None;
     for (p, kind) in kinds {
-        let Some(fstype) = kind.mount_type() else {
+        if kind.mount_type().is_none() {
             continue;
-        };
-        let device = LoopDevice::attach(raw, raw_path, p.offset, p.size, true)?;
-        let mount = match Mount::new(device.path(), fstype, true, kind.read_only_options()) {
-            Ok(mount) => mount,
-            // A filesystem that does not mount cannot be the root we want;
-            // if it is the only candidate, say why below.
-            Err(_) => {
-                device.close()?;
-                continue;
-            }
-        };
-        let root = Root::open(mount.path()).ok();
-        let found = root.as_ref().is_some_and(|r| r.exists(Path::new(marker)));
-        if !found && let Some(target) = root.as_ref().and_then(|r| dangling_link_target(r, marker))
-        {
-            dangling.get_or_insert((p.number, target));
         }
-        drop(root);
-        if found && keep_probe && kept.is_none() {
-            kept = Some((device, mount));
-        } else {
-            mount.close()?;
-            device.close()?;
+        let keep = keep_probe && kept.is_none();
+        match probe_partition(raw, raw_path, display, p, *kind, keep, marker)? {
+            Probed::Found { subvolume, probe } => {
+                if probe.is_some() {
+                    kept = probe;
+                }
+                candidates.push((p.clone(), *kind, subvolume));
+            }
+            Probed::Missing {
+                dangling: Some(target),
+            } => {
+                dangling.get_or_insert((p.number, target));
+            }
+            Probed::Missing { dangling: None } => {}
+            Probed::Refused(why) => {
+                refused.get_or_insert(why);
+            }
         }
         interrupt::check()?;
-        if found {
-            candidates.push((p.clone(), *kind));
-        }
     }
-    let (p, kind) = pick(display, kinds, candidates, dangling, marker, hint)?;
-    Ok((p, kind, kept))
+    let (p, kind, subvolume) = pick(display, kinds, candidates, dangling, refused, marker, hint)?;
+    Ok((p, kind, subvolume, kept))
 }
 
-/// The root among the partitions that hold the marker, or why there is none.
+/// The root among the partitions that hold the marker (each with the btrfs
+/// subvolume it is in, if any), or why there is none: a partition refused
+/// for a known reason (XFS v4 to write) is named before "no partition holds".
 pub(super) fn pick(
     display: &str,
     kinds: &[(Partition, FsKind)],
-    mut candidates: Vec<(Partition, FsKind)>,
+    mut candidates: Vec<(Partition, FsKind, Option<String>)>,
     dangling: Option<(u32, PathBuf)>,
+    refused: Option<anyhow::Error>,
     marker: &str,
     hint: &str,
-) -> Result<(Partition, FsKind)> {
+) -> Result<(Partition, FsKind, Option<String>)> {
     match candidates.len() {
         1 => Ok(candidates.remove(0)),
         0 => {
@@ -466,6 +643,9 @@ pub(super) fn pick(
                 )
             }) {
                 refuse_unmountable(display, p, kind)?;
+            }
+            if let Some(why) = refused {
+                return Err(why);
             }
             if let Some((number, target)) = dangling {
                 bail!(
@@ -482,9 +662,36 @@ pub(super) fn pick(
                 }
             )
         }
-        _ => bail!(
-            "{display}: several partitions hold /{marker} ({}); choose one with --partition N",
-            describe(&candidates)
-        ),
+        _ => {
+            let found: Vec<(Partition, FsKind)> =
+                candidates.iter().map(|(p, k, _)| (p.clone(), *k)).collect();
+            bail!(
+                "{display}: several partitions hold /{marker} ({}); choose one with --partition N",
+                describe(&found)
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options_join_no_replay_and_subvolume() {
+        assert_eq!(mount_options(FsKind::Btrfs, true, None), "");
+        assert_eq!(
+            mount_options(FsKind::Btrfs, false, None),
+            "rescue=nologreplay"
+        );
+        assert_eq!(
+            mount_options(FsKind::Btrfs, true, Some("root")),
+            "subvol=root"
+        );
+        assert_eq!(
+            mount_options(FsKind::Btrfs, false, Some("root")),
+            "rescue=nologreplay,subvol=root"
+        );
+        assert_eq!(mount_options(FsKind::Xfs, false, None), "norecovery");
     }
 }

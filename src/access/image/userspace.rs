@@ -18,12 +18,16 @@ use super::interrupt;
 use super::open::{self, ImageInfo, OpenedImage, RootMarker};
 use super::partition::{self, Partition};
 use super::qcow2::Qcow2Source;
-use crate::access::fs;
+use crate::access::fs::{self, btrfs};
 use crate::access::root::Root;
 
 /// Why an image cannot be read in user space, though the kernel may mount it.
 #[derive(Debug)]
 pub struct NeedsKernel(pub String);
+
+/// A partition's root read in user space (with the btrfs subvolume it is in), or why the
+/// kernel is needed; the outer error refuses the image outright.
+type Loaded = std::result::Result<(Root, Option<String>), NeedsKernel>;
 
 /// The disk as a guest sees it, for `format`: `Err(NeedsKernel)` when no user-space source
 /// reads it. Backing files only as `containment` allows (refusals are errors, as for qemu).
@@ -75,32 +79,46 @@ pub fn open(
     let kinds = open::partition_kinds(&mut disk.cursor(), &layout, &display)?;
     open::refuse_unrecognised(&display, format, &layout, &kinds)?;
 
-    let load = |p: &Partition, kind: &FsKind| -> std::result::Result<Root, NeedsKernel> {
-        let window = Window::new(source.clone(), p.offset, p.size)
-            .map_err(|e| NeedsKernel(format!("partition {}: {e}", p.number)))?;
-        let reader = fs::reader_for(kind, window).ok_or_else(|| {
-            NeedsKernel(format!(
-                "partition {} ({}) has no user-space reader yet",
-                p.number,
-                kind.name()
-            ))
-        })?;
-        let reader = reader.map_err(|e| {
-            NeedsKernel(format!(
-                "partition {} ({}) could not be read in user space: {e}",
-                p.number,
-                kind.name()
-            ))
-        })?;
+    // The root of partition `p`: on btrfs, the subvolume that holds the marker when the
+    // default one does not (Fedora's layout), named as `subvol=` would mount it.
+    let load = |p: &Partition, kind: &FsKind| -> Result<Loaded> {
+        let window = match Window::new(source.clone(), p.offset, p.size) {
+            Ok(window) => window,
+            Err(e) => return Ok(Err(NeedsKernel(format!("partition {}: {e}", p.number)))),
+        };
+        let loaded = if *kind == FsKind::Btrfs {
+            btrfs::load_root(window, &display, p.number, Path::new(marker.path))?
+        } else {
+            match fs::reader_for(kind, window) {
+                Some(reader) => reader.map(|reader| (reader, None)),
+                None => {
+                    return Ok(Err(NeedsKernel(format!(
+                        "partition {} ({}) has no user-space reader yet",
+                        p.number,
+                        kind.name()
+                    ))));
+                }
+            }
+        };
+        let (reader, subvolume) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                return Ok(Err(NeedsKernel(format!(
+                    "partition {} ({}) could not be read in user space: {e}",
+                    p.number,
+                    kind.name()
+                ))));
+            }
+        };
         let name = PathBuf::from(format!("{display} (partition {})", p.number));
-        Ok(Root::from_reader(reader, name))
+        Ok(Ok((Root::from_reader(reader, name), subvolume)))
     };
 
-    let (chosen, kind, root) = match partition {
+    let (chosen, kind, subvolume, root) = match partition {
         Some(number) => {
             let (p, kind) = open::chosen_by_hand(&display, &kinds, number)?;
-            match load(&p, &kind) {
-                Ok(root) => (p, kind, root),
+            match load(&p, &kind)? {
+                Ok((root, subvolume)) => (p, kind, subvolume, root),
                 Err(why) => return Ok(Err(why)),
             }
         }
@@ -112,27 +130,29 @@ pub fn open(
                 if kind.mount_type().is_none() {
                     continue;
                 }
-                let root = match load(p, kind) {
-                    Ok(root) => root,
+                let (root, subvolume) = match load(p, kind)? {
+                    Ok(loaded) => loaded,
                     Err(why) => return Ok(Err(why)),
                 };
                 interrupt::check()?;
                 if root.exists(Path::new(marker.path)) {
-                    candidates.push((p.clone(), *kind));
+                    candidates.push((p.clone(), *kind, subvolume));
                     roots.push(root);
                 } else if let Some(target) = open::dangling_link_target(&root, marker.path) {
                     dangling.get_or_insert((p.number, target));
                 }
             }
-            let (p, kind) = open::pick(
+            // Nothing is refused here: reading needs no kernel support (XFS v4 reads).
+            let (p, kind, subvolume) = open::pick(
                 &display,
                 &kinds,
                 candidates,
                 dangling,
+                None,
                 marker.path,
                 marker.missing_hint,
             )?;
-            (p, kind, roots.remove(0))
+            (p, kind, subvolume, roots.remove(0))
         }
     };
     let info = ImageInfo {
@@ -140,7 +160,7 @@ pub fn open(
         format,
         table: open::table_name(layout.table),
         partition: chosen.number,
-        filesystem: kind.name().to_string(),
+        filesystem: open::filesystem_name(kind, subvolume.as_deref()),
         virtual_size: source.len(),
     };
     Ok(Ok(OpenedImage::in_user_space(root, info)))
