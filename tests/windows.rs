@@ -205,6 +205,11 @@ fn windows_with(
         ("Windows/System32/config/SOFTWARE", software.build()),
         ("Windows/System32/drivers/disk.sys", b"MZ".to_vec()),
     ];
+    // The installer's conf files and Tencent's local script: doctor finds
+    // a missing conf (tested on its own below).
+    files.push((CONF, INSTALLER_CONF.to_vec()));
+    files.push((UNATTEND, INSTALLER_UNATTEND.to_vec()));
+    files.push((LOCAL_SCRIPT, b"# run by LocalScriptsPlugin".to_vec()));
     if drivers {
         files.push(("Windows/System32/drivers/viostor.sys", b"MZ".to_vec()));
         files.push(("Windows/System32/drivers/netkvm.sys", b"MZ".to_vec()));
@@ -334,11 +339,8 @@ fn mark_log_unclean(volume: &Path) {
 fn the_ntfs_reader_reads_what_ntfs3g_wrote_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let big = pseudo_random(3 * MIB as usize + 12345, 7);
+    // windows_files holds the installer's CRLF conf files too.
     let mut files = windows_files(true);
-    files.push((
-        "Program Files/Cloudbase Solutions/Cloudbase-Init/conf/cloudbase-init.conf",
-        b"[DEFAULT]\r\nusername=Admin\r\n".to_vec(),
-    ));
     files.push(("Windows/big.bin", big.clone()));
     files.push(("Windows/empty.txt", Vec::new()));
     let volume = ntfs_volume(dir.path(), &files);
@@ -752,20 +754,16 @@ fn fix_stops_when_ntfs3g_falls_back_to_read_only() {
 }
 
 const CONF: &str = "Program Files/Cloudbase Solutions/Cloudbase-Init/conf/cloudbase-init.conf";
+const LOCAL_SCRIPT: &str =
+    "Program Files/Cloudbase Solutions/Cloudbase-Init/LocalScripts/tencent.ps1";
 const INSTALLER_CONF: &[u8] = include_bytes!("fixtures/cloudbase/cloudbase-init.conf");
 
 #[test]
 fn doctor_checks_the_live_installs_conf_in_the_image() {
-    // The installer's conf, its LocalScripts directory holding Tencent's
-    // script: the conf checks pass.
+    // The installer's two conf files, its LocalScripts directory holding
+    // Tencent's script: the conf checks pass.
     let dir = tempfile::tempdir().unwrap();
-    let mut files = windows_files(true);
-    files.push((CONF, INSTALLER_CONF.to_vec()));
-    files.push((
-        "Program Files/Cloudbase Solutions/Cloudbase-Init/LocalScripts/tencent.ps1",
-        b"# run by LocalScriptsPlugin".to_vec(),
-    ));
-    let volume = ntfs_volume(dir.path(), &files);
+    let volume = ntfs_volume(dir.path(), &windows_files(true));
     let report = doctor_json(&disk(dir.path(), &volume, "dos"), 0);
     let good = ids(&report);
     assert!(
@@ -773,23 +771,35 @@ fn doctor_checks_the_live_installs_conf_in_the_image() {
         "{good:?}"
     );
 
-    // The same with metadata_services naming no ConfigDriveService.
-    let dir = tempfile::tempdir().unwrap();
-    let text = String::from_utf8_lossy(INSTALLER_CONF).into_owned()
-        + "metadata_services=cloudbaseinit.metadata.services.httpservice.HttpService\r\n";
-    let mut files = windows_files(true);
-    files.push((CONF, text.into_bytes()));
-    files.push((
-        "Program Files/Cloudbase Solutions/Cloudbase-Init/LocalScripts/tencent.ps1",
-        b"#".to_vec(),
-    ));
-    let volume = ntfs_volume(dir.path(), &files);
-    let report = doctor_json(&disk(dir.path(), &volume, "dos"), 4);
-    let bad = ids(&report);
-    assert!(
-        bad.contains(&"cloudbase-configdrive-service-missing".to_string()),
-        "{bad:?}"
-    );
+    // metadata_services naming no ConfigDriveService: in the service's
+    // file, then in the unattend file alone (its own finding, its path).
+    let no_config_drive =
+        "metadata_services=cloudbaseinit.metadata.services.httpservice.HttpService\r\n";
+    for (file, original) in [(CONF, INSTALLER_CONF), (UNATTEND, INSTALLER_UNATTEND)] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = String::from_utf8_lossy(original)
+            .lines()
+            .filter(|l| !l.starts_with("metadata_services="))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>()
+            + no_config_drive;
+        let mut files = windows_files(true);
+        files.push((file, text.into_bytes()));
+        let volume = ntfs_volume(dir.path(), &files);
+        let report = doctor_json(&disk(dir.path(), &volume, "dos"), 4);
+        let missing: Vec<&Value> = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["id"] == "cloudbase-configdrive-service-missing")
+            .collect();
+        assert_eq!(missing.len(), 1, "{file}: {report}");
+        assert!(
+            missing[0].to_string().contains(file),
+            "{file}: {}",
+            missing[0]
+        );
+    }
 }
 
 const UNATTEND: &str =
@@ -799,14 +809,7 @@ const INSTALLER_UNATTEND: &[u8] = include_bytes!("fixtures/cloudbase/cloudbase-i
 /// A Windows image with the installer's two conf files in the live install
 /// (the service's ImagePath names Program Files) and Tencent's local script.
 fn windows_with_cloudbase(dir: &Path) -> PathBuf {
-    let mut files = windows_files(true);
-    files.push((CONF, INSTALLER_CONF.to_vec()));
-    files.push((UNATTEND, INSTALLER_UNATTEND.to_vec()));
-    files.push((
-        "Program Files/Cloudbase Solutions/Cloudbase-Init/LocalScripts/tencent.ps1",
-        b"# run by LocalScriptsPlugin".to_vec(),
-    ));
-    let volume = ntfs_volume(dir, &files);
+    let volume = ntfs_volume(dir, &windows_files(true));
     disk(dir, &volume, "dos")
 }
 
@@ -956,9 +959,19 @@ fn keep_hosts_does_not_apply_and_passwords_warns_of_localscripts() {
 
 #[test]
 fn keep_without_a_conf_file_writes_nothing() {
+    // Doctor names the missing conf; a keep refuses, writing nothing.
     let dir = tempfile::tempdir().unwrap();
-    let volume = ntfs_volume(dir.path(), &windows_files(true));
+    let files: Vec<_> = windows_files(true)
+        .into_iter()
+        .filter(|(path, _)| *path != CONF)
+        .collect();
+    let volume = ntfs_volume(dir.path(), &files);
     let image = disk(dir.path(), &volume, "dos");
+    let report = doctor_json(&image, 4);
+    assert!(
+        ids(&report).contains(&"cloudbase-conf-missing".to_string()),
+        "{report}"
+    );
     let original = sha256(&image);
     let (_, err) = prepare_image(&["--keep", "hostname"], &image, 1);
     assert!(err.contains("no Cloudbase-Init conf file"), "{err}");

@@ -135,14 +135,41 @@ pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Diagnosis> {
         .list_dir(image::DRIVER_STORE, MAX_NAMES)?
         .unwrap_or_default();
     findings.extend(image::check_virtio(texts, &drivers, &store));
-    if let Some(path) = conf_path(win, &report) {
-        let text = match win.volume.read_prefix(&path, TEXT_LIMIT)? {
-            Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
-            None => String::new(),
-        };
-        let volume = RefCell::new(&mut win.volume);
-        let probe = |dir: &Path| dir_state(&mut volume.borrow_mut(), dir);
-        findings.extend(conf::check_conf(texts, Path::new(&path), &text, &probe));
+    match conf_path(win, &report) {
+        Some(path) => {
+            let text = match win.volume.read_prefix(&path, TEXT_LIMIT)? {
+                Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
+                None => String::new(),
+            };
+            let unattend = unattend_path(&path);
+            {
+                let volume = RefCell::new(&mut win.volume);
+                let probe = |dir: &Path| dir_state(&mut volume.borrow_mut(), dir);
+                findings.extend(conf::check_conf(texts, Path::new(&path), &text, &probe));
+            }
+            if win.volume.exists(&unattend) && !win.volume.is_dir(&unattend) {
+                let text = match win.volume.read_prefix(&unattend, TEXT_LIMIT)? {
+                    Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
+                    None => String::new(),
+                };
+                findings.extend(conf::check_unattend(texts, Path::new(&unattend), &text));
+            }
+        }
+        None => {
+            let looked: Vec<String> = report
+                .live_install
+                .iter()
+                .map(|l| l.install_dir.clone())
+                .chain(INSTALL_DIRS.iter().map(|d| d.to_string()))
+                .map(|d| format!("{d}/conf/cloudbase-init.conf"))
+                .collect();
+            findings.push(texts.finding(
+                conf::CONF_MISSING,
+                format!("none of {}", looked.join(", ")),
+                Some(crate::doctor::Evidence::file(&looked[0])),
+                None,
+            ));
+        }
     }
     Ok(Diagnosis {
         findings,
@@ -153,6 +180,14 @@ pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Diagnosis> {
 /// The unattend file beside the service's conf file: the installer writes
 /// both to the install's `conf` directory.
 pub const UNATTEND_CONF: &str = "cloudbase-init-unattend.conf";
+
+/// The unattend file's path beside the service's conf file.
+fn unattend_path(conf: &str) -> String {
+    match conf.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{UNATTEND_CONF}"),
+        None => UNATTEND_CONF.to_string(),
+    }
+}
 
 /// The conf files a keep edits: the live install's `cloudbase-init.conf`
 /// (found as doctor finds it: the service's `--config-file`, else its
@@ -171,10 +206,7 @@ pub fn keep_files(win: &mut WindowsImage) -> Result<Vec<ConfFile>> {
             INSTALL_DIRS.join(" and ")
         );
     };
-    let unattend = match conf.rsplit_once('/') {
-        Some((dir, _)) => format!("{dir}/{UNATTEND_CONF}"),
-        None => UNATTEND_CONF.to_string(),
-    };
+    let unattend = unattend_path(&conf);
     let mut files = Vec::new();
     for path in [conf, unattend] {
         if files.len() == 1 && (!win.volume.exists(&path) || win.volume.is_dir(&path)) {
