@@ -919,6 +919,13 @@ fn keep_hosts_does_not_apply_and_passwords_warns_of_localscripts() {
     let dir = tempfile::tempdir().unwrap();
     let image = windows_with_cloudbase(dir.path());
     let original = sha256(&image);
+    // What applies to Linux images only is a usage error, nothing opened
+    // for writing.
+    let (_, err) = prepare_image(&["--keep", "hostname", "--clean"], &image, 2);
+    assert!(err.contains("a Windows image has none"), "{err}");
+    let (_, err) = prepare_image(&["--keep", "hostnme"], &image, 2);
+    assert!(err.contains("hostname"), "{err}");
+    assert_eq!(sha256(&image), original);
     let (out, err) = prepare_image(&["--keep", "hosts"], &image, 0);
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("[hosts-not-applicable]"), "{err}");

@@ -35,6 +35,14 @@ pub(super) fn run(
                     .to_string()
             )));
         }
+        if !cli.output.profile_file.is_empty() {
+            return Err(anyhow!(UsageError(
+                "--profile-file profiles edit cloud-init's files on a Linux image; a Windows \
+                 image keeps with the built-in Windows profiles (prepare-image profiles lists \
+                 the Linux ones; profiles/windows/ the Windows ones)"
+                    .to_string()
+            )));
+        }
         let catalogue = profile::built_in();
         let selected = select(&catalogue, args.keep.as_deref().unwrap_or_default())
             .map_err(|e| anyhow!(UsageError(e.to_string())))?;
