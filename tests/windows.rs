@@ -1000,5 +1000,9 @@ fn keep_on_a_qcow2_wrapper() {
     prepare_image(&["--keep", "hostname,ntp", "--check"], &wrapped, 3);
     prepare_image(&["--keep", "hostname,ntp"], &wrapped, 0);
     prepare_image(&["--keep", "hostname,ntp", "--check"], &wrapped, 0);
+    // Nothing left to do: the qcow2 file is not touched either.
+    let written = sha256(&wrapped);
+    prepare_image(&["--keep", "hostname,ntp"], &wrapped, 0);
+    assert_eq!(sha256(&wrapped), written);
     prepare_image(&["--keep", "network", "--check"], &wrapped, 3);
 }
