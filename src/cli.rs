@@ -3,6 +3,7 @@
 
 mod clean;
 mod doctor;
+mod keep_windows;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -359,8 +360,6 @@ fn keep(
 ) -> Result<Outcome> {
     let args = &cli.keep;
     let list = args.keep.as_deref().unwrap_or_default();
-    let selected =
-        profile::select(catalogue, list).map_err(|e| anyhow!(UsageError(e.to_string())))?;
     let mode = if args.check {
         Mode::Check
     } else if args.dry_run {
@@ -368,6 +367,27 @@ fn keep(
     } else {
         Mode::Apply
     };
+    // Usage first: a list neither Linux nor Windows profiles resolve is
+    // refused before any image is opened.
+    let linux = profile::select(catalogue, list);
+    if let Err(e) = &linux
+        && profile::select(&crate::guest::cloudbase::profile::built_in(), list).is_err()
+    {
+        return Err(anyhow!(UsageError(e.to_string())));
+    }
+    let is_image = std::fs::metadata(&args.root.target).is_ok_and(|m| m.is_file());
+    // A Windows image (found as doctor finds it) keeps through Cloudbase-Init's conf files.
+    if is_image
+        && let Some(win) = crate::access::image::windows::probe(
+            &args.root.target,
+            args.root.partition,
+            args.root.allow_backing,
+            mode == Mode::Apply,
+        )?
+    {
+        return keep_windows::run(win, cli, mode, out, err, style);
+    }
+    let selected = linux.map_err(|e| anyhow!(UsageError(e.to_string())))?;
     let cleaning = match &args.clean {
         Some(extras) => Some(clean::options_from(extras, mode != Mode::Apply)?),
         None => None,
@@ -376,7 +396,6 @@ fn keep(
     // even a read-write mount that writes nothing changes the image file (the
     // superblock's mount count, the journal). So an image is always planned
     // on a read-only mount first; bad input and "nothing to do" never touch it.
-    let is_image = std::fs::metadata(&args.root.target).is_ok_and(|m| m.is_file());
     let first = Target::open(
         &args.root.target,
         mode == Mode::Apply && !is_image,
@@ -424,7 +443,12 @@ fn keep(
         };
         let written = mode == Mode::Apply && plan.pending();
         let backups = if written {
-            write(target.root(), &plan, args.backup, args.break_hard_links)?
+            write(
+                target.root(),
+                &plan.files,
+                args.backup,
+                args.break_hard_links,
+            )?
         } else {
             Vec::new()
         };
@@ -533,12 +557,12 @@ fn plan_on(target: &Target, selected: &[&Profile], mode: LockMode) -> Result<(Ro
 /// and puts back what was replaced if a later one still fails.
 fn write(
     root: &Root,
-    plan: &Plan,
+    files: &[plan::FilePlan],
     backup: bool,
     break_hard_links: bool,
 ) -> Result<Vec<report::Backup>> {
     let mut pending = Vec::new();
-    for file in plan.files.iter().filter(|f| f.changed()) {
+    for file in files.iter().filter(|f| f.changed()) {
         let write = root
             .prepare_write(&file.path, file.new_text.as_bytes())?
             .expecting(file.old_text.as_bytes());

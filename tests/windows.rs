@@ -12,6 +12,7 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 mod common_hive;
+mod judge;
 
 use assert_cmd::Command;
 use common_hive::{HiveBuilder, Val};
@@ -204,6 +205,11 @@ fn windows_with(
         ("Windows/System32/config/SOFTWARE", software.build()),
         ("Windows/System32/drivers/disk.sys", b"MZ".to_vec()),
     ];
+    // The installer's conf files and Tencent's local script: doctor finds
+    // a missing conf (tested on its own below).
+    files.push((CONF, INSTALLER_CONF.to_vec()));
+    files.push((UNATTEND, INSTALLER_UNATTEND.to_vec()));
+    files.push((LOCAL_SCRIPT, b"# run by LocalScriptsPlugin".to_vec()));
     if drivers {
         files.push(("Windows/System32/drivers/viostor.sys", b"MZ".to_vec()));
         files.push(("Windows/System32/drivers/netkvm.sys", b"MZ".to_vec()));
@@ -333,11 +339,8 @@ fn mark_log_unclean(volume: &Path) {
 fn the_ntfs_reader_reads_what_ntfs3g_wrote_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let big = pseudo_random(3 * MIB as usize + 12345, 7);
+    // windows_files holds the installer's CRLF conf files too.
     let mut files = windows_files(true);
-    files.push((
-        "Program Files/Cloudbase Solutions/Cloudbase-Init/conf/cloudbase-init.conf",
-        b"[DEFAULT]\r\nusername=Admin\r\n".to_vec(),
-    ));
     files.push(("Windows/big.bin", big.clone()));
     files.push(("Windows/empty.txt", Vec::new()));
     let volume = ntfs_volume(dir.path(), &files);
@@ -751,20 +754,16 @@ fn fix_stops_when_ntfs3g_falls_back_to_read_only() {
 }
 
 const CONF: &str = "Program Files/Cloudbase Solutions/Cloudbase-Init/conf/cloudbase-init.conf";
+const LOCAL_SCRIPT: &str =
+    "Program Files/Cloudbase Solutions/Cloudbase-Init/LocalScripts/tencent.ps1";
 const INSTALLER_CONF: &[u8] = include_bytes!("fixtures/cloudbase/cloudbase-init.conf");
 
 #[test]
 fn doctor_checks_the_live_installs_conf_in_the_image() {
-    // The installer's conf, its LocalScripts directory holding Tencent's
-    // script: the conf checks pass.
+    // The installer's two conf files, its LocalScripts directory holding
+    // Tencent's script: the conf checks pass.
     let dir = tempfile::tempdir().unwrap();
-    let mut files = windows_files(true);
-    files.push((CONF, INSTALLER_CONF.to_vec()));
-    files.push((
-        "Program Files/Cloudbase Solutions/Cloudbase-Init/LocalScripts/tencent.ps1",
-        b"# run by LocalScriptsPlugin".to_vec(),
-    ));
-    let volume = ntfs_volume(dir.path(), &files);
+    let volume = ntfs_volume(dir.path(), &windows_files(true));
     let report = doctor_json(&disk(dir.path(), &volume, "dos"), 0);
     let good = ids(&report);
     assert!(
@@ -772,21 +771,238 @@ fn doctor_checks_the_live_installs_conf_in_the_image() {
         "{good:?}"
     );
 
-    // The same with metadata_services naming no ConfigDriveService.
+    // metadata_services naming no ConfigDriveService: in the service's
+    // file, then in the unattend file alone (its own finding, its path).
+    let no_config_drive =
+        "metadata_services=cloudbaseinit.metadata.services.httpservice.HttpService\r\n";
+    for (file, original) in [(CONF, INSTALLER_CONF), (UNATTEND, INSTALLER_UNATTEND)] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = String::from_utf8_lossy(original)
+            .lines()
+            .filter(|l| !l.starts_with("metadata_services="))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>()
+            + no_config_drive;
+        let mut files = windows_files(true);
+        files.push((file, text.into_bytes()));
+        let volume = ntfs_volume(dir.path(), &files);
+        let report = doctor_json(&disk(dir.path(), &volume, "dos"), 4);
+        let missing: Vec<&Value> = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["id"] == "cloudbase-configdrive-service-missing")
+            .collect();
+        assert_eq!(missing.len(), 1, "{file}: {report}");
+        assert!(
+            missing[0].to_string().contains(file),
+            "{file}: {}",
+            missing[0]
+        );
+    }
+}
+
+const UNATTEND: &str =
+    "Program Files/Cloudbase Solutions/Cloudbase-Init/conf/cloudbase-init-unattend.conf";
+const INSTALLER_UNATTEND: &[u8] = include_bytes!("fixtures/cloudbase/cloudbase-init-unattend.conf");
+
+/// A Windows image with the installer's two conf files in the live install
+/// (the service's ImagePath names Program Files) and Tencent's local script.
+fn windows_with_cloudbase(dir: &Path) -> PathBuf {
+    let volume = ntfs_volume(dir, &windows_files(true));
+    disk(dir, &volume, "dos")
+}
+
+fn sha256(path: &Path) -> String {
+    run_ok(Process::new("sha256sum").arg(path))
+}
+
+/// What oslo.config (the judge) reads as `plugins` from each text; `None`
+/// when unset (Cloudbase-Init's defaults then run).
+fn oslo_plugins(texts: &[String]) -> Vec<Option<Vec<String>>> {
+    judge::Judge::oslo_config()
+        .run(texts)
+        .iter()
+        .map(|v| {
+            assert_eq!(v["ok"], true, "oslo.config refuses the file: {v}");
+            v["plugins"]
+                .as_array()
+                .map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn keep_hostname_edits_both_conf_files_of_the_live_install() {
     let dir = tempfile::tempdir().unwrap();
-    let text = String::from_utf8_lossy(INSTALLER_CONF).into_owned()
-        + "metadata_services=cloudbaseinit.metadata.services.httpservice.HttpService\r\n";
-    let mut files = windows_files(true);
-    files.push((CONF, text.into_bytes()));
-    files.push((
-        "Program Files/Cloudbase Solutions/Cloudbase-Init/LocalScripts/tencent.ps1",
-        b"#".to_vec(),
-    ));
-    let volume = ntfs_volume(dir.path(), &files);
-    let report = doctor_json(&disk(dir.path(), &volume, "dos"), 4);
-    let bad = ids(&report);
+    let image = windows_with_cloudbase(dir.path());
+    let original = sha256(&image);
+
+    // --dry-run: the diff of both files (CRLF kept), nothing written.
+    let (out, err) = prepare_image(&["--keep", "hostname", "--dry-run"], &image, 0);
     assert!(
-        bad.contains(&"cloudbase-configdrive-service-missing".to_string()),
-        "{bad:?}"
+        out.contains(&format!("--- a/{CONF}\t\n+++ b/{CONF}\t\n")),
+        "{out}"
     );
+    assert!(
+        out.contains(&format!("--- a/{UNATTEND}\t\n+++ b/{UNATTEND}\t\n")),
+        "{out}"
+    );
+    // split, not lines(): lines() would take the CR off too.
+    let bare: Vec<&str> = out
+        .split('\n')
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++") && !l.ends_with('\r'))
+        .collect();
+    assert!(bare.is_empty(), "every added line keeps its CRLF: {bare:?}");
+    assert!(err.contains("[hostname] drop SetHostNamePlugin"), "{err}");
+    assert_eq!(sha256(&image), original, "--dry-run changed the image");
+
+    // --check: pending (3), as JSON too; nothing written.
+    let (_, err) = prepare_image(&["--keep", "hostname", "--check"], &image, 3);
+    assert!(err.contains("overwritten at first boot: hostname"), "{err}");
+    let (out, _) = prepare_image(
+        &["--keep", "hostname", "--check", "--format", "json"],
+        &image,
+        3,
+    );
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["result"], "pending");
+    assert_eq!(doc["image"]["filesystem"], "ntfs");
+    assert_eq!(doc["files"].as_array().unwrap().len(), 2);
+    assert_eq!(sha256(&image), original, "--check changed the image");
+
+    // The real run writes through ntfs-3g; --check then holds.
+    let (_, err) = prepare_image(&["--keep", "hostname"], &image, 0);
+    assert!(err.contains("drop SetHostNamePlugin"), "{err}");
+    prepare_image(&["--keep", "hostname", "--check"], &image, 0);
+
+    // Read back by ntfs-3g's ntfscat and judged by oslo.config: the
+    // defaults minus SetHostNamePlugin in the service's file, the
+    // installer's list minus it in the unattend file, CRLF kept.
+    let conf = String::from_utf8(ntfscat(dir.path(), &image, CONF)).unwrap();
+    let unattend = String::from_utf8(ntfscat(dir.path(), &image, UNATTEND)).unwrap();
+    for text in [&conf, &unattend] {
+        assert!(
+            !text.replace("\r\n", "").contains('\n'),
+            "CRLF kept: {text:?}"
+        );
+        assert!(!text.contains("SetHostNamePlugin"), "{text}");
+    }
+    let read = oslo_plugins(&[conf.clone(), unattend.clone()]);
+    let defaults: Vec<String> = prepare_image::guest::cloudbase::plan::DEFAULT_PLUGINS
+        .iter()
+        .filter(|p| !p.ends_with(".SetHostNamePlugin"))
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(read[0].as_ref(), Some(&defaults));
+    let installer = String::from_utf8_lossy(INSTALLER_UNATTEND).into_owned();
+    let want = oslo_plugins(&[installer])[0]
+        .clone()
+        .unwrap()
+        .into_iter()
+        .filter(|p| !p.ends_with(".SetHostNamePlugin"))
+        .collect::<Vec<_>>();
+    assert_eq!(read[1].as_ref(), Some(&want));
+
+    // Nothing left to do: never mounted, the image is not touched.
+    let written = sha256(&image);
+    prepare_image(&["--keep", "hostname"], &image, 0);
+    assert_eq!(
+        sha256(&image),
+        written,
+        "a keep with nothing to do changed the image"
+    );
+}
+
+#[test]
+fn keep_hosts_does_not_apply_and_passwords_warns_of_localscripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = windows_with_cloudbase(dir.path());
+    let original = sha256(&image);
+    // What applies to Linux images only is a usage error, nothing opened
+    // for writing.
+    let (_, err) = prepare_image(&["--keep", "hostname", "--clean"], &image, 2);
+    assert!(err.contains("a Windows image has none"), "{err}");
+    let (_, err) = prepare_image(&["--keep", "hostnme"], &image, 2);
+    assert!(err.contains("hostname"), "{err}");
+    assert_eq!(sha256(&image), original);
+    let (out, err) = prepare_image(&["--keep", "hosts"], &image, 0);
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("[hosts-not-applicable]"), "{err}");
+    assert!(err.contains("never writes the hosts file"), "{err}");
+    prepare_image(&["--keep", "hosts", "--check"], &image, 0);
+    assert_eq!(sha256(&image), original, "hosts changed the image");
+
+    let (out, err) = prepare_image(&["--keep", "passwords", "--dry-run"], &image, 0);
+    assert!(out.contains(&format!("+++ b/{CONF}")), "{out}");
+    assert!(
+        err.contains("[passwords] drop SetUserPasswordPlugin"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[windows-tencent-password-localscripts]"),
+        "{err}"
+    );
+    assert!(err.contains("[windows-createuser-still-runs]"), "{err}");
+    assert_eq!(sha256(&image), original);
+
+    // `all` is the guide's eight settings: user data still runs.
+    let (out, _) = prepare_image(
+        &["--keep", "all", "--dry-run", "--format", "json"],
+        &image,
+        0,
+    );
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let linux: Vec<String> = prepare_image::guest::cloudinit::profile::built_in()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(doc["keep"], serde_json::json!(linux));
+    assert_eq!(linux.len(), 8);
+    assert!(!out.contains("drop UserDataPlugin"), "{out}");
+    let (_, err) = prepare_image(&["--keep", "user-scripts", "--dry-run"], &image, 0);
+    assert!(err.contains("[user-scripts] drop UserDataPlugin"), "{err}");
+}
+
+#[test]
+fn keep_without_a_conf_file_writes_nothing() {
+    // Doctor names the missing conf; a keep refuses, writing nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = windows_files(true)
+        .into_iter()
+        .filter(|(path, _)| *path != CONF)
+        .collect();
+    let volume = ntfs_volume(dir.path(), &files);
+    let image = disk(dir.path(), &volume, "dos");
+    let report = doctor_json(&image, 4);
+    assert!(
+        ids(&report).contains(&"cloudbase-conf-missing".to_string()),
+        "{report}"
+    );
+    let original = sha256(&image);
+    let (_, err) = prepare_image(&["--keep", "hostname"], &image, 1);
+    assert!(err.contains("no Cloudbase-Init conf file"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(sha256(&image), original);
+}
+
+#[test]
+fn keep_on_a_qcow2_wrapper() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = windows_with_cloudbase(dir.path());
+    let wrapped = dir.path().join("windows.qcow2");
+    run_ok(
+        Process::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&image)
+            .arg(&wrapped),
+    );
+    prepare_image(&["--keep", "hostname,ntp", "--check"], &wrapped, 3);
+    prepare_image(&["--keep", "hostname,ntp"], &wrapped, 0);
+    prepare_image(&["--keep", "hostname,ntp", "--check"], &wrapped, 0);
+    // Nothing left to do: the qcow2 file is not touched either.
+    let written = sha256(&wrapped);
+    prepare_image(&["--keep", "hostname,ntp"], &wrapped, 0);
+    assert_eq!(sha256(&wrapped), written);
+    prepare_image(&["--keep", "network", "--check"], &wrapped, 3);
 }

@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 
-use super::{DoctorArgs, Format, Outcome, describe, finish};
+use super::{AfterWrite, DoctorArgs, Format, Outcome, describe, finish};
 use crate::access::image::open::RootMarker;
 use crate::access::image::windows::{self, NtfsWriteMount, WindowsImage};
 use crate::access::target::Target;
@@ -133,25 +133,44 @@ fn run_windows(
                 windows_doctor::read_hive(&mut win, hive.path())
             })?;
             let mount = NtfsWriteMount::open(&win)?;
-            let applied = windows_fix::apply(&mount, &edits);
+            let mut written = false;
+            let applied = windows_fix::apply(&mount, &edits, &mut written);
             let closed = mount.close();
-            applied?;
-            closed?;
-            for edit in &edits {
-                for fix in &edit.fixes {
-                    writeln!(
-                        err,
-                        "fixed {}: {}\\{} {} -> {}",
-                        edit.hive.path(),
-                        fix.key,
-                        fix.value,
-                        fix.from,
-                        fix.to
-                    )?;
-                }
+            // Once a hive byte is written, any later failure is exit 5: the
+            // image changed.
+            let after_write = |e: anyhow::Error| {
+                anyhow!(AfterWrite(format!(
+                    "{e:#}; the registry WAS written: {}",
+                    edits
+                        .iter()
+                        .map(|e| e.hive.path())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            };
+            match applied {
+                Err(e) if written => return Err(after_write(e)),
+                applied => applied?,
             }
-            // The findings of the image as it now is, read again.
-            findings = windows_doctor::diagnose(&mut win, &texts)?.findings;
+            closed.map_err(after_write)?;
+            let fixed = (|| -> Result<Vec<Finding>> {
+                for edit in &edits {
+                    for fix in &edit.fixes {
+                        writeln!(
+                            err,
+                            "fixed {}: {}\\{} {} -> {}",
+                            edit.hive.path(),
+                            fix.key,
+                            fix.value,
+                            fix.from,
+                            fix.to
+                        )?;
+                    }
+                }
+                // The findings of the image as it now is, read again.
+                Ok(windows_doctor::diagnose(&mut win, &texts)?.findings)
+            })();
+            findings = fixed.map_err(after_write)?;
         }
         let description = TargetDescription {
             path: win.info.path.clone(),

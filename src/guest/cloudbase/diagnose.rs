@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use super::doctor::conf::{self, DirState, system_drive_relative};
 use super::doctor::registry::{self, RegistryReport, SOFTWARE_HIVE, SYSTEM_HIVE};
 use super::image;
+use super::plan::ConfFile;
 use super::registry::Hive;
 use crate::access::fs::ntfs::NtfsVolume;
 use crate::access::image::windows::WindowsImage;
@@ -99,11 +100,9 @@ pub fn read_hive(win: &mut WindowsImage, path: &str) -> Result<Vec<u8>> {
     }
 }
 
-/// The findings on a Windows image, after refusing one Windows left
-/// unfinished (an error: exit 1, nothing written). A hive Windows did not
-/// finish writing is refused the same way.
-pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Diagnosis> {
-    win.refuse_unfinished()?;
+/// The registry checks over the image's SYSTEM and SOFTWARE hives (a hive
+/// Windows did not finish writing is refused).
+fn registry_report(win: &mut WindowsImage, texts: &Texts) -> Result<RegistryReport> {
     let system = read_hive(win, SYSTEM_HIVE)?;
     let software = read_hive(win, SOFTWARE_HIVE)?;
     let display = win.display();
@@ -111,7 +110,15 @@ pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Diagnosis> {
         Hive::parse(&system).map_err(|e| anyhow::anyhow!("{display}: {SYSTEM_HIVE}: {e}"))?;
     let software =
         Hive::parse(&software).map_err(|e| anyhow::anyhow!("{display}: {SOFTWARE_HIVE}: {e}"))?;
-    let report = registry::check(&system, &software, texts);
+    Ok(registry::check(&system, &software, texts))
+}
+
+/// The findings on a Windows image, after refusing one Windows left
+/// unfinished (an error: exit 1, nothing written). A hive Windows did not
+/// finish writing is refused the same way.
+pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Diagnosis> {
+    win.refuse_unfinished()?;
+    let report = registry_report(win, texts)?;
     let mut findings = report.findings.clone();
     findings.extend(image::check_layout(
         texts,
@@ -128,19 +135,108 @@ pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Diagnosis> {
         .list_dir(image::DRIVER_STORE, MAX_NAMES)?
         .unwrap_or_default();
     findings.extend(image::check_virtio(texts, &drivers, &store));
-    if let Some(path) = conf_path(win, &report) {
-        let text = match win.volume.read_prefix(&path, TEXT_LIMIT)? {
-            Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
-            None => String::new(),
-        };
-        let volume = RefCell::new(&mut win.volume);
-        let probe = |dir: &Path| dir_state(&mut volume.borrow_mut(), dir);
-        findings.extend(conf::check_conf(texts, Path::new(&path), &text, &probe));
+    match conf_path(win, &report) {
+        Some(path) => {
+            let text = match win.volume.read_prefix(&path, TEXT_LIMIT)? {
+                Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
+                None => String::new(),
+            };
+            let unattend = unattend_path(&path);
+            {
+                let volume = RefCell::new(&mut win.volume);
+                let probe = |dir: &Path| dir_state(&mut volume.borrow_mut(), dir);
+                findings.extend(conf::check_conf(texts, Path::new(&path), &text, &probe));
+            }
+            if win.volume.exists(&unattend) && !win.volume.is_dir(&unattend) {
+                let text = match win.volume.read_prefix(&unattend, TEXT_LIMIT)? {
+                    Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
+                    None => String::new(),
+                };
+                findings.extend(conf::check_unattend(texts, Path::new(&unattend), &text));
+            }
+        }
+        None => {
+            let looked: Vec<String> = report
+                .live_install
+                .iter()
+                .map(|l| l.install_dir.clone())
+                .chain(INSTALL_DIRS.iter().map(|d| d.to_string()))
+                .map(|d| format!("{d}/conf/cloudbase-init.conf"))
+                .collect();
+            findings.push(texts.finding(
+                conf::CONF_MISSING,
+                format!("none of {}", looked.join(", ")),
+                Some(crate::doctor::Evidence::file(&looked[0])),
+                None,
+            ));
+        }
     }
     Ok(Diagnosis {
         findings,
         registry: report,
     })
+}
+
+/// The unattend file beside the service's conf file: the installer writes
+/// both to the install's `conf` directory.
+pub const UNATTEND_CONF: &str = "cloudbase-init-unattend.conf";
+
+/// The unattend file's path beside the service's conf file.
+fn unattend_path(conf: &str) -> String {
+    match conf.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{UNATTEND_CONF}"),
+        None => UNATTEND_CONF.to_string(),
+    }
+}
+
+/// The conf files a keep edits: the live install's `cloudbase-init.conf`
+/// (found as doctor finds it: the service's `--config-file`, else its
+/// install's `conf`, else the installer's two places) and, where it exists,
+/// `cloudbase-init-unattend.conf` beside it. Refuses a volume or hive
+/// Windows left unfinished, a missing conf and a text that is not UTF-8
+/// (an edit must not change bytes it does not mean to).
+pub fn keep_files(win: &mut WindowsImage) -> Result<Vec<ConfFile>> {
+    win.refuse_unfinished()?;
+    let report = registry_report(win, &texts())?;
+    let Some(conf) = conf_path(win, &report) else {
+        bail!(
+            "{}: no Cloudbase-Init conf file (looked for conf/cloudbase-init.conf under {}): \
+             install Cloudbase-Init in the image first; nothing written",
+            win.display(),
+            INSTALL_DIRS.join(" and ")
+        );
+    };
+    let unattend = unattend_path(&conf);
+    let mut files = Vec::new();
+    for path in [conf, unattend] {
+        if files.len() == 1 && (!win.volume.exists(&path) || win.volume.is_dir(&path)) {
+            continue;
+        }
+        let text = read_text(win, &path)?;
+        files.push(ConfFile {
+            path: path.into(),
+            text,
+        });
+    }
+    Ok(files)
+}
+
+/// A conf file's text, whole and UTF-8, or an error naming it.
+pub fn read_text(win: &mut WindowsImage, path: &str) -> Result<String> {
+    let display = win.display();
+    match win.volume.read_prefix(path, TEXT_LIMIT)? {
+        Some((bytes, len)) if len <= TEXT_LIMIT => String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{display}: {path}: not UTF-8 (byte {}): save it as UTF-8 in Windows; \
+                 nothing written",
+                e.utf8_error().valid_up_to()
+            )
+        }),
+        Some((_, len)) => bail!(
+            "{display}: {path} is {len} bytes, more than the {TEXT_LIMIT} prepare-image reads"
+        ),
+        None => bail!("{display}: {path} is missing"),
+    }
 }
 
 #[cfg(test)]

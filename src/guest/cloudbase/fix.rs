@@ -74,8 +74,10 @@ pub fn plan(
 
 /// Writes the edits through the mount: each hive's file (found inside the
 /// volume, links followed only inside it) must still hold exactly the bytes
-/// the edit was computed on.
-pub fn apply(mount: &NtfsWriteMount, edits: &[HiveEdit]) -> Result<()> {
+/// the edit was computed on. `written` turns true before the first byte is
+/// written, so that a later failure is told apart from one that wrote
+/// nothing.
+pub fn apply(mount: &NtfsWriteMount, edits: &[HiveEdit], written: &mut bool) -> Result<()> {
     let root = Root::open(mount.path())?;
     for edit in edits {
         let rel = root
@@ -108,6 +110,7 @@ pub fn apply(mount: &NtfsWriteMount, edits: &[HiveEdit]) -> Result<()> {
         let mut ranges = edit.changed.clone();
         ranges.sort_by_key(|r| std::cmp::Reverse(r.start));
         for range in ranges {
+            *written = true;
             file.write_all_at(&edit.after[range.clone()], range.start as u64)
                 .with_context(|| format!("writing {}", edit.hive.path()))?;
         }

@@ -7,8 +7,8 @@ use anyhow::{Result, anyhow, bail};
 use crate::guest::cloudinit::document::{self, Value};
 use crate::guest::cloudinit::profile::{Condition, Named, Warning};
 
-/// The built-in profiles, in `--keep all` order (the Linux names, then
-/// the Windows-only ones).
+/// The built-in profiles, in `--keep all` order: the Linux names, then
+/// the Windows-only ones (`by_name_only`: not in `all`).
 const BUILT_IN: &[(&str, &str)] = &[
     (
         "hostname.yaml",
@@ -59,6 +59,10 @@ pub struct WindowsProfile {
     /// Why the setting is not Cloudbase-Init's to change (then `drop` is
     /// empty).
     pub not_applicable: Option<String>,
+    /// Only by name, never in `--keep all`: `all` means the guide's eight
+    /// settings, the same on Linux and Windows; a Windows-only extra
+    /// (user-scripts) changes what the instance does and must be asked for.
+    pub by_name_only: bool,
     /// `built-in` or the file it was read from.
     pub source: String,
 }
@@ -72,6 +76,10 @@ impl Named for WindowsProfile {
 
     fn is_built_in(&self) -> bool {
         self.source == "built-in"
+    }
+
+    fn in_all(&self) -> bool {
+        self.is_built_in() && !self.by_name_only
     }
 }
 
@@ -98,9 +106,12 @@ pub fn parse_profile(text: &str, source: &str) -> Result<WindowsProfile> {
     for (key, _) in entries.iter() {
         if !matches!(
             key.as_str(),
-            Some("name" | "summary" | "drop" | "warnings" | "not_applicable")
+            Some("name" | "summary" | "drop" | "warnings" | "not_applicable" | "by_name_only")
         ) {
-            bail!("unknown key {key} (allowed: name, summary, drop, warnings, not_applicable)");
+            bail!(
+                "unknown key {key} (allowed: name, summary, drop, warnings, not_applicable, \
+                 by_name_only)"
+            );
         }
     }
     let root = Value::Map(entries);
@@ -152,7 +163,13 @@ pub fn parse_profile(text: &str, source: &str) -> Result<WindowsProfile> {
             .collect::<Result<_>>()?,
         Some(other) => bail!("`warnings` must be a list, not {other}"),
     };
+    let by_name_only = match root.get("by_name_only") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => bail!("`by_name_only` must be true or false, not {other}"),
+    };
     Ok(WindowsProfile {
+        by_name_only,
         summary: string("summary")?.unwrap_or_default(),
         name,
         drop,
@@ -215,7 +232,15 @@ mod tests {
                 .collect()
         };
         assert_eq!(names("network,hostname"), ["hostname", "network"]);
-        assert_eq!(names("all").len(), all.len());
+        // `all` is the guide's eight settings, as on Linux: user-scripts
+        // only when asked for by name.
+        let linux: Vec<String> = crate::guest::cloudinit::profile::built_in()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names("all"), linux);
+        assert_eq!(names("all,user-scripts").last().unwrap(), "user-scripts");
+        assert_eq!(names("user-scripts"), ["user-scripts"]);
         let e = select(&all, "hostnme").unwrap_err();
         assert_eq!(e.suggestion.as_deref(), Some("hostname"));
     }

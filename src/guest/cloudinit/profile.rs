@@ -163,12 +163,7 @@ pub fn select<'a, P: Named>(catalogue: &'a [P], list: &str) -> Result<Vec<&'a P>
     // Empty items (`hostname,` or `a,,b`) are tolerated; an empty list is not.
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         if name == ALL {
-            wanted.extend(
-                catalogue
-                    .iter()
-                    .filter(|p| p.is_built_in())
-                    .map(|p| p.name()),
-            );
+            wanted.extend(catalogue.iter().filter(|p| p.in_all()).map(|p| p.name()));
         } else if catalogue.iter().any(|p| p.name() == name) {
             wanted.push(name);
         } else {
@@ -203,6 +198,11 @@ pub fn select<'a, P: Named>(catalogue: &'a [P], list: &str) -> Result<Vec<&'a P>
 pub trait Named {
     fn name(&self) -> &str;
     fn is_built_in(&self) -> bool;
+    /// Whether `all` includes it: the built-ins, unless one must be asked
+    /// for by name.
+    fn in_all(&self) -> bool {
+        self.is_built_in()
+    }
 }
 
 impl Named for Profile {

@@ -13,6 +13,7 @@ use crate::guest::cloudbase::plan::{LOCAL_SCRIPTS_PLUGIN, effective_plugins};
 /// Every finding id these checks raise (a unit test keeps them and
 /// `findings/windows.yaml` in step).
 pub const IDS: &[&str] = &[
+    CONF_MISSING,
     "cloudbase-conf-unparsable",
     "cloudbase-configdrive-service",
     "cloudbase-configdrive-service-missing",
@@ -31,6 +32,9 @@ pub const IDS: &[&str] = &[
 /// The config drive's metadata service: the cloud's metadata arrives on it.
 /// Cloudbase-Init imports each service by its full path (no old names are
 /// mapped for services), so the path must be exact.
+/// No `cloudbase-init.conf` where the live install (or the installer) keeps it.
+pub const CONF_MISSING: &str = "cloudbase-conf-missing";
+
 pub const CONFIG_DRIVE_SERVICE: &str =
     "cloudbaseinit.metadata.services.configdrive.ConfigDriveService";
 
@@ -129,16 +133,23 @@ fn same_windows_path(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-/// Checks `cloudbase-init.conf` (`path` root-relative, `text` its contents).
-/// `probe` says what is at a root-relative directory of the image (the path
-/// as the conf spells it: NTFS compares names case-insensitively, so the
-/// caller resolves case).
-pub fn check_conf(
+/// Checks `cloudbase-init-unattend.conf`, the run during sysprep's
+/// specialize pass on the instance's first boot: it must parse and find the
+/// config drive. Its plugin list is short by design (no LocalScriptsPlugin:
+/// the service's run has it), and its log is its own, so only these apply.
+pub fn check_unattend(texts: &Texts, path: &Path, text: &str) -> Vec<Finding> {
+    match parse_and_find_config_drive(texts, path, text) {
+        Ok((_, findings)) | Err(findings) => findings,
+    }
+}
+
+/// The conf file parsed, with the metadata_services finding; or the
+/// unparsable finding alone.
+fn parse_and_find_config_drive(
     texts: &Texts,
     path: &Path,
     text: &str,
-    probe: &dyn Fn(&Path) -> DirState,
-) -> Vec<Finding> {
+) -> Result<(Conf, Vec<Finding>), Vec<Finding>> {
     let at = |line: Option<usize>| match line {
         Some(l) => Evidence::line(path, l),
         None => Evidence::file(path),
@@ -146,12 +157,12 @@ pub fn check_conf(
     let conf = match conf::parse(text) {
         Ok(c) => c,
         Err(e) => {
-            return vec![texts.finding(
+            return Err(vec![texts.finding(
                 "cloudbase-conf-unparsable",
                 e.message,
                 Some(Evidence::line(path, e.line)),
                 None,
-            )];
+            )]);
         }
     };
     let mut findings = Vec::new();
@@ -192,6 +203,27 @@ pub fn check_conf(
         }
     }
 
+    Ok((conf, findings))
+}
+
+/// Checks `cloudbase-init.conf` (`path` root-relative, `text` its contents).
+/// `probe` says what is at a root-relative directory of the image (the path
+/// as the conf spells it: NTFS compares names case-insensitively, so the
+/// caller resolves case).
+pub fn check_conf(
+    texts: &Texts,
+    path: &Path,
+    text: &str,
+    probe: &dyn Fn(&Path) -> DirState,
+) -> Vec<Finding> {
+    let at = |line: Option<usize>| match line {
+        Some(l) => Evidence::line(path, l),
+        None => Evidence::file(path),
+    };
+    let (conf, mut findings) = match parse_and_find_config_drive(texts, path, text) {
+        Ok(found) => found,
+        Err(unparsable) => return unparsable,
+    };
     let (plugins, plugins_line) = effective_plugins(&conf);
     if plugins
         .iter()
@@ -367,5 +399,24 @@ mod tests {
         assert_eq!(system_drive_relative(r"D:\Scripts"), None);
         assert_eq!(system_drive_relative(r"\\server\share"), None);
         assert_eq!(system_drive_relative("Scripts"), None);
+    }
+
+    #[test]
+    fn the_unattend_file_is_checked_for_parsing_and_the_config_drive_only() {
+        let texts = Texts::parse(WINDOWS_FINDINGS).unwrap();
+        let ids = |text: &str| -> Vec<String> {
+            check_unattend(&texts, Path::new("u.conf"), text)
+                .into_iter()
+                .map(|f| f.id)
+                .collect()
+        };
+        let installer =
+            include_str!("../../../../tests/fixtures/cloudbase/cloudbase-init-unattend.conf");
+        assert_eq!(ids(installer), ["cloudbase-configdrive-service"]);
+        assert_eq!(
+            ids("[DEFAULT]\nmetadata_services=a.B\n"),
+            ["cloudbase-configdrive-service-missing"]
+        );
+        assert_eq!(ids("x\n"), ["cloudbase-conf-unparsable"]);
     }
 }
