@@ -382,7 +382,7 @@ fn keep(
             &args.root.target,
             args.root.partition,
             args.root.allow_backing,
-            mode == Mode::Apply,
+            false,
         )?
     {
         return keep_windows::run(win, cli, mode, out, err, style);

@@ -1006,3 +1006,35 @@ fn keep_on_a_qcow2_wrapper() {
     assert_eq!(sha256(&wrapped), written);
     prepare_image(&["--keep", "network", "--check"], &wrapped, 3);
 }
+
+#[test]
+fn keep_refuses_an_image_another_process_writes() {
+    // A running VM (here: a shell holding the file open read-write) would
+    // see its disk change under it: refused before anything is mounted.
+    let dir = tempfile::tempdir().unwrap();
+    let image = windows_with_cloudbase(dir.path());
+    let mut holder = Process::new("bash")
+        .arg("-c")
+        .arg("exec 3<>\"$1\"; echo open; exec sleep 60")
+        .arg("holder")
+        .arg(&image)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "open");
+    let original = sha256(&image);
+    let (_, err) = prepare_image(&["--keep", "hostname"], &image, 1);
+    assert!(err.contains("is open for writing by process"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // A read-only look is still fine: nothing is written.
+    prepare_image(&["--keep", "hostname", "--check"], &image, 3);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(sha256(&image), original);
+}

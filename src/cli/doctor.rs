@@ -40,7 +40,7 @@ pub(super) fn run(
             &args.root.target,
             args.root.partition,
             args.root.allow_backing,
-            args.fix,
+            false,
         )?
     {
         return run_windows(win, args, format, out, err);
@@ -132,6 +132,7 @@ fn run_windows(
             let edits = windows_fix::plan(&diagnosis.registry.fixes, |hive| {
                 windows_doctor::read_hive(&mut win, hive.path())
             })?;
+            win.reopen_writable()?;
             let mount = NtfsWriteMount::open(&win)?;
             let mut written = false;
             let applied = windows_fix::apply(&mount, &edits, &mut written);

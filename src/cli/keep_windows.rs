@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 
 use super::{AfterWrite, Cli, Outcome, UsageError, is_broken_pipe, write};
 use crate::access::image::interrupt;
@@ -113,6 +113,16 @@ fn write_through_ntfs3g(
     backup: bool,
     break_hard_links: bool,
 ) -> Result<Vec<report::Backup>> {
+    win.reopen_writable()?;
+    let planned_on: Vec<_> = plan.files.iter().map(|f| (&f.path, &f.old_text)).collect();
+    let now = diagnose::keep_files(win)?;
+    let now: Vec<_> = now.iter().map(|f| (&f.path, &f.text)).collect();
+    if now != planned_on {
+        bail!(
+            "{}: the Cloudbase-Init conf files changed while prepare-image looked at them: nothing written; run it again",
+            win.display()
+        );
+    }
     let mount = NtfsWriteMount::open(win)?;
     let written = Root::open(mount.path())
         .and_then(|root| write(&root, &plan.files, backup, break_hard_links));

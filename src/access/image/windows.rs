@@ -32,6 +32,7 @@ pub struct WindowsImage {
     pub partition: Partition,
     raw_path: PathBuf,
     view: Option<RawView>,
+    allow_backing: bool,
 }
 
 impl WindowsImage {
@@ -65,6 +66,32 @@ impl WindowsImage {
             None => Ok(()),
         }
     }
+
+    /// The same system partition opened again for writing, just before a
+    /// write: the looks before it are read-only (a qemu view opened
+    /// read-write may touch the image file even when nothing is written),
+    /// and the image is checked again for other users (a VM, a loop device,
+    /// another run). The caller verifies that what it planned on is
+    /// unchanged (the hive bytes, the conf texts) before writing.
+    pub fn reopen_writable(&mut self) -> Result<()> {
+        if let Some(view) = self.view.take() {
+            view.close()?;
+        }
+        let reopened = probe(
+            &self.info.path,
+            Some(self.partition.number),
+            self.allow_backing,
+            true,
+        )?
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: Windows is no longer found on this partition: the image changed while prepare-image looked at it; nothing written",
+                self.display()
+            )
+        })?;
+        *self = reopened;
+        Ok(())
+    }
 }
 
 /// Opens `path` read-only and looks for Windows: `None` when no NTFS
@@ -80,6 +107,12 @@ pub fn probe(
 ) -> Result<Option<WindowsImage>> {
     let display = path.display().to_string();
     let mut image = File::open(path).with_context(|| format!("opening image {display}"))?;
+    if writable {
+        // As for a Linux image: a running VM, a loop device or another
+        // prepare-image run writing it would corrupt it under our edit.
+        // Checked before our own qemu-storage-daemon opens it for writing.
+        super::open::refuse_if_in_use(&image, &display)?;
+    }
     let format =
         format::detect(&mut image).with_context(|| format!("reading the header of {display}"))?;
     let (mut raw, raw_path, view) = if format == ImageFormat::Raw {
@@ -128,6 +161,7 @@ pub fn probe(
         partition: chosen,
         raw_path,
         view,
+        allow_backing,
     }))
 }
 
