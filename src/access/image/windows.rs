@@ -115,6 +115,13 @@ pub fn probe(
     }
     let format =
         format::detect(&mut image).with_context(|| format!("reading the header of {display}"))?;
+    if format != ImageFormat::Raw && !nix::unistd::geteuid().is_root() {
+        // The NTFS reader does not yet read through the user-space block
+        // sources (imago): a non-raw image needs qemu-storage-daemon's view
+        // and a mount namespace, i.e. root. Without root, the image goes on
+        // to the Linux path, which reads it in user space or asks for root.
+        return Ok(None);
+    }
     let (mut raw, raw_path, view) = if format == ImageFormat::Raw {
         (image, path.to_path_buf(), None)
     } else {
