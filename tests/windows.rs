@@ -16,7 +16,8 @@ mod judge;
 
 use assert_cmd::Command;
 use common_hive::{HiveBuilder, Val};
-use prepare_image::access::fs::ntfs::{NtfsVolume, PartitionFile};
+use prepare_image::access::fs::ntfs::NtfsVolume;
+use prepare_image::access::image::block::{FileSource, Window};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -346,7 +347,8 @@ fn the_ntfs_reader_reads_what_ntfs3g_wrote_byte_for_byte() {
     let volume = ntfs_volume(dir.path(), &files);
     let image = disk(dir.path(), &volume, "dos");
 
-    let part = PartitionFile::new(fs::File::open(&image).unwrap(), PART_OFFSET, PART_SIZE);
+    let disk = std::sync::Arc::new(FileSource::new(fs::File::open(&image).unwrap()).unwrap());
+    let part = Window::new(disk, PART_OFFSET, PART_SIZE).unwrap().cursor();
     let mut ours = NtfsVolume::open(part).unwrap();
     let mnt = dir.path().join("judge");
     let _judge = Ntfs3g::mount(&volume, &mnt, "ro");

@@ -10,71 +10,13 @@
 //! own `$UpCase` table. Every call into the crate is behind `catch_unwind`,
 //! and every read is capped before anything is allocated.
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use anyhow::{Result, anyhow, bail};
 use ntfs::indexes::NtfsFileNameIndex;
 use ntfs::structured_values::{NtfsFileNamespace, NtfsVolumeFlags};
 use ntfs::{KnownNtfsFileRecordNumber, Ntfs, NtfsFile, NtfsReadSeek};
-
-/// One partition of an image file as a `Read + Seek` source: reads by
-/// `pread`, bounded to the partition.
-#[derive(Debug)]
-pub struct PartitionFile {
-    file: File,
-    offset: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl PartitionFile {
-    pub fn new(file: File, offset: u64, len: u64) -> PartitionFile {
-        PartitionFile {
-            file,
-            offset,
-            len,
-            pos: 0,
-        }
-    }
-}
-
-impl Read for PartitionFile {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self
-            .file
-            .read_at(&mut buf[..want], self.offset + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for PartitionFile {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let next = match to {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match next {
-            Some(n) => {
-                self.pos = n;
-                Ok(n)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the partition",
-            )),
-        }
-    }
-}
 
 /// The registry hive whose presence marks a Windows system volume.
 pub const SYSTEM_HIVE: &str = "Windows/System32/config/SYSTEM";

@@ -6,18 +6,20 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use super::block::{Cursor, FileSource, Window};
 use super::containment;
 use super::format::{self, ImageFormat};
 use super::fstype::{self, FsKind};
 use super::loopdev::LoopDevice;
 use super::open::ImageInfo;
-use super::partition::{self, Layout, Partition, Table};
+use super::partition::{self, Layout, Partition};
 use super::qemu::RawView;
-use crate::access::fs::ntfs::{NtfsVolume, PartitionFile, SYSTEM_HIVE, UNFINISHED_REMEDY};
+use crate::access::fs::ntfs::{NtfsVolume, SYSTEM_HIVE, UNFINISHED_REMEDY};
 
 /// A Windows image opened for reading: its layout, the system volume, and
 /// the qemu view a non-raw image is read through (stopped on close or drop).
@@ -27,7 +29,7 @@ pub struct WindowsImage {
     pub layout: Layout,
     /// Every partition's filesystem, in layout order.
     pub kinds: Vec<(Partition, FsKind)>,
-    pub volume: NtfsVolume<PartitionFile>,
+    pub volume: NtfsVolume<Cursor>,
     /// The system partition.
     pub partition: Partition,
     raw_path: PathBuf,
@@ -142,20 +144,12 @@ pub fn probe(
             return found.map(|_| None);
         }
     };
-    let volume = NtfsVolume::open(PartitionFile::new(
-        raw.try_clone()?,
-        chosen.offset,
-        chosen.size,
-    ))?;
+    let volume = NtfsVolume::open(partition_cursor(&raw, &chosen)?)?;
     let virtual_size = raw.metadata()?.len();
     let info = ImageInfo {
         path: path.to_path_buf(),
         format,
-        table: match layout.table {
-            Table::Gpt { sector_size } => format!("gpt ({sector_size}-byte sectors)"),
-            Table::Mbr => "mbr".to_string(),
-            Table::None => "none".to_string(),
-        },
+        table: super::open::table_name(layout.table),
         partition: chosen.number,
         filesystem: "ntfs".to_string(),
         virtual_size,
@@ -170,6 +164,12 @@ pub fn probe(
         view,
         allow_backing,
     }))
+}
+
+/// The partition `p` of the raw disk as a stream for the NTFS reader.
+fn partition_cursor(raw: &File, p: &Partition) -> Result<Cursor> {
+    let disk = Arc::new(FileSource::new(raw.try_clone()?)?);
+    Ok(Window::new(disk, p.offset, p.size)?.cursor())
 }
 
 type Found = (Layout, Vec<(Partition, FsKind)>, Partition);
@@ -189,9 +189,7 @@ fn find_system(raw: &mut File, display: &str, partition: Option<u32>) -> Result<
             continue;
         }
         // A partition the reader cannot open is not the system volume.
-        let Ok(mut volume) =
-            NtfsVolume::open(PartitionFile::new(raw.try_clone()?, p.offset, p.size))
-        else {
+        let Ok(mut volume) = NtfsVolume::open(partition_cursor(raw, p)?) else {
             continue;
         };
         if volume.exists(SYSTEM_HIVE) {
