@@ -9,10 +9,9 @@
 //! Real images made by qemu-img (Debian package qemu-utils), real runs of
 //! the binary as root; needs the packages listed in `common_images`.
 
+mod common_alloc;
 mod common_images;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -536,33 +535,6 @@ fn vhdx_differencing_disk_is_refused() {
 // ---------------------------------------------------------------------------
 // Hostile headers into the inspector: no panic, no large allocation.
 
-thread_local! {
-    /// The largest single allocation made on this thread while tracking.
-    static LARGEST: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-struct Tracking;
-
-// SAFETY: forwards to the system allocator; only records sizes.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| {
-            if let Some(max) = l.get() {
-                l.set(Some(max.max(layout.size())));
-            }
-        });
-        // SAFETY: same layout, as the caller promised.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: allocated by System with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Tracking = Tracking;
-
 struct Seed {
     format: ImageFormat,
     bytes: Vec<u8>,
@@ -730,9 +702,8 @@ proptest! {
         let seeds = seeds();
         let seed = &seeds[which % seeds.len()];
         let bytes = apply(&seed.bytes, &seed.offsets, &mutations);
-        LARGEST.with(|l| l.set(Some(0)));
-        let result: Result<_, Refusal> = containment::inspect(&bytes[..], seed.format);
-        let largest = LARGEST.with(|l| l.replace(None)).unwrap_or(0);
+        let (result, largest): (Result<_, Refusal>, _) =
+            common_alloc::largest_allocation(|| containment::inspect(&bytes[..], seed.format));
         prop_assert!(largest <= ALLOCATION_BOUND, "allocated {largest} bytes");
         if let Err(refusal) = result {
             prop_assert!(!refusal.0.contains('\n'), "{refusal}");

@@ -4,10 +4,9 @@
 //! land on the structure (offsets, counts, sizes, signatures) as often as
 //! anywhere else. `PREPARE_IMAGE_FUZZ_CASES=N` runs more cases.
 
+mod common_alloc;
 mod common_hive;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::OnceLock;
 
 use common_hive::{HiveBuilder, ListKind, Val, fix_checksum};
@@ -15,33 +14,6 @@ use prepare_image::doctor::Texts;
 use prepare_image::guest::cloudbase::doctor::{registry, texts};
 use prepare_image::guest::cloudbase::registry::{DwordWrite, Hive, set_dwords};
 use proptest::prelude::*;
-
-thread_local! {
-    /// The largest single allocation made on this thread while tracking.
-    static LARGEST: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-struct Tracking;
-
-// SAFETY: forwards to the system allocator; only records sizes.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| {
-            if let Some(max) = l.get() {
-                l.set(Some(max.max(layout.size())));
-            }
-        });
-        // SAFETY: same layout, as the caller promised.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: allocated by System with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Tracking = Tracking;
 
 const SERVICE: &str = "ControlSet001\\Services\\cloudbase-init";
 const PLUGINS: &str = "Cloudbase Solutions\\Cloudbase-Init\\i-1\\Plugins";
@@ -100,9 +72,7 @@ fn largest_allocation(f: impl FnOnce()) -> usize {
     // The texts are parsed once, outside the measure: their size is the
     // findings file's, not the input's.
     windows_texts();
-    LARGEST.with(|l| l.set(Some(0)));
-    f();
-    LARGEST.with(|l| l.replace(None)).unwrap_or(0)
+    common_alloc::largest_allocation(f).1
 }
 
 /// Reads, checks and writes `bytes` (changed in place by the writer).
