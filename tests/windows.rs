@@ -15,7 +15,9 @@ mod common_hive;
 mod judge;
 
 use assert_cmd::Command;
-use common_hive::{HiveBuilder, Val};
+use common_hive::{
+    HiveBuilder, Val, well_prepared_software as good_software, well_prepared_system as good_system,
+};
 use prepare_image::access::fs::ntfs::NtfsVolume;
 use prepare_image::access::image::block::{FileSource, Window};
 use serde_json::Value;
@@ -168,31 +170,9 @@ fn disk(dir: &Path, volume: &Path, label: &str) -> PathBuf {
     image
 }
 
-const SERVICE: &str = "ControlSet001\\Services\\cloudbase-init";
+const SERVICE: &str = common_hive::CLOUDBASE_SERVICE;
 const CDROM: &str = "ControlSet001\\Services\\cdrom";
-const PLUGINS: &str = "Cloudbase Solutions\\Cloudbase-Init\\i-abc123\\Plugins";
-
-/// A SYSTEM hive as the guide wants it: the service Automatic as Local
-/// System, the CD-ROM driver on.
-fn good_system() -> HiveBuilder {
-    HiveBuilder::new()
-        .set("Select", "Current", Val::Dword(1))
-        .set(SERVICE, "Start", Val::Dword(2))
-        .set(SERVICE, "ObjectName", Val::Sz("LocalSystem".into()))
-        .set(
-            SERVICE,
-            "ImagePath",
-            Val::ExpandSz("\"C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\Python\\Scripts\\cloudbase-init.exe\"".into()),
-        )
-        .set(CDROM, "Start", Val::Dword(1))
-}
-
-fn good_software() -> HiveBuilder {
-    let mut b = HiveBuilder::new();
-    b.file_name = "SOFTWARE".into();
-    b.set(PLUGINS, "LocalScriptsPlugin", Val::Dword(2))
-        .key("Policies\\Microsoft\\Windows")
-}
+const PLUGINS: &str = common_hive::CLOUDBASE_PLUGINS;
 
 /// The files of a minimal Windows system volume with these hives; `drivers`
 /// adds the virtio-win storage and network drivers.

@@ -557,3 +557,33 @@ impl Cells {
         d
     }
 }
+
+/// The cloudbase-init service's key in the builder's control set.
+pub const CLOUDBASE_SERVICE: &str = "ControlSet001\\Services\\cloudbase-init";
+/// Where an installed Cloudbase-Init keeps one instance's plugin states.
+pub const CLOUDBASE_PLUGINS: &str = "Cloudbase Solutions\\Cloudbase-Init\\i-abc123\\Plugins";
+
+/// A SYSTEM hive as the guide wants it: the service Automatic as Local
+/// System, started by the installer's executable, the CD-ROM driver on.
+/// Tests add what their check looks at.
+pub fn well_prepared_system() -> HiveBuilder {
+    HiveBuilder::new()
+        .set("Select", "Current", Val::Dword(1))
+        .set(CLOUDBASE_SERVICE, "Start", Val::Dword(2))
+        .set(CLOUDBASE_SERVICE, "ObjectName", Val::Sz("LocalSystem".into()))
+        .set(
+            CLOUDBASE_SERVICE,
+            "ImagePath",
+            Val::ExpandSz("\"C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\Python\\Scripts\\cloudbase-init.exe\"".into()),
+        )
+        .set("ControlSet001\\Services\\cdrom", "Start", Val::Dword(1))
+}
+
+/// A SOFTWARE hive as the guide wants it: LocalScriptsPlugin stored as 2,
+/// the policies key present and denying nothing.
+pub fn well_prepared_software() -> HiveBuilder {
+    let mut b = HiveBuilder::new();
+    b.file_name = "SOFTWARE".into();
+    b.set(CLOUDBASE_PLUGINS, "LocalScriptsPlugin", Val::Dword(2))
+        .key("Policies\\Microsoft\\Windows")
+}

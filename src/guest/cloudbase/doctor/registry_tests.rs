@@ -1,29 +1,30 @@
 use super::*;
 use crate::doctor::Severity;
 use crate::guest::cloudbase::doctor::texts;
-use crate::guest::cloudbase::registry::common_hive::{HiveBuilder, Val};
+use crate::guest::cloudbase::registry::common_hive::{
+    CLOUDBASE_PLUGINS as PLUGINS, CLOUDBASE_SERVICE as SERVICE, HiveBuilder, Val,
+    well_prepared_software, well_prepared_system,
+};
 use crate::guest::cloudbase::registry::set_dwords;
 
 const SET: &str = "ControlSet001";
-const SERVICE: &str = "ControlSet001\\Services\\cloudbase-init";
 const CLASS: &str = "ControlSet001\\Control\\Class\\{4d36e965-e325-11ce-bfc1-08002be10318}";
-const PLUGINS: &str = "Cloudbase Solutions\\Cloudbase-Init\\i-abc123\\Plugins";
 const POLICY: &str = "Policies\\Microsoft\\Windows\\RemovableStorageDevices";
 
-/// A SYSTEM hive as a well-prepared image has it.
+/// A SYSTEM hive as a well-prepared image has it, with a class filter and
+/// CD-ROM and network device instances for the filter and device checks.
 fn good_system() -> HiveBuilder {
-    HiveBuilder::new()
-        .set("Select", "Current", Val::Dword(1))
-        .set(SERVICE, "Start", Val::Dword(2))
-        .set(SERVICE, "ObjectName", Val::Sz("LocalSystem".into()))
+    well_prepared_system()
         .set(
-            SERVICE,
-            "ImagePath",
-            Val::ExpandSz("\"C:\\Program Files\\Cloudbase Solutions\\Cloudbase-Init\\Python\\Scripts\\cloudbase-init.exe\"".into()),
+            "ControlSet001\\Services\\storqosflt",
+            "Start",
+            Val::Dword(1),
         )
-        .set("ControlSet001\\Services\\cdrom", "Start", Val::Dword(1))
-        .set("ControlSet001\\Services\\storqosflt", "Start", Val::Dword(1))
-        .set(CLASS, "UpperFilters", Val::MultiSz(vec!["storqosflt".into()]))
+        .set(
+            CLASS,
+            "UpperFilters",
+            Val::MultiSz(vec!["storqosflt".into()]),
+        )
         .set(
             "ControlSet001\\Enum\\SCSI\\CdRom&Ven_QEMU&Prod_QEMU_DVD-ROM\\1&2afd7d61&0&000100",
             "ClassGUID",
@@ -47,11 +48,7 @@ fn good_system() -> HiveBuilder {
 }
 
 fn good_software() -> HiveBuilder {
-    let mut b = HiveBuilder::new();
-    b.file_name = "SOFTWARE".into();
-    b.set(PLUGINS, "LocalScriptsPlugin", Val::Dword(2))
-        .set(PLUGINS, "SetUserPasswordPlugin", Val::Dword(1))
-        .key("Policies\\Microsoft\\Windows")
+    well_prepared_software().set(PLUGINS, "SetUserPasswordPlugin", Val::Dword(1))
 }
 
 fn run(system: &HiveBuilder, software: &HiveBuilder) -> RegistryReport {
