@@ -31,7 +31,7 @@ type Loaded = std::result::Result<(Root, Option<String>), NeedsKernel>;
 
 /// The disk as a guest sees it, for `format`: `Err(NeedsKernel)` when no user-space source
 /// reads it. Backing files only as `containment` allows (refusals are errors, as for qemu).
-fn source_for(
+pub fn block_source(
     path: &Path,
     file: File,
     format: ImageFormat,
@@ -69,7 +69,7 @@ pub fn open(
     let format =
         format::detect(&mut image).with_context(|| format!("reading the header of {display}"))?;
     interrupt::check()?;
-    let source = match source_for(path, image, format, allow_backing)? {
+    let source = match block_source(path, image, format, allow_backing)? {
         Ok(source) => source,
         Err(why) => return Ok(Err(why)),
     };
