@@ -39,6 +39,7 @@ mod common_images;
 mod common_readers;
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -171,6 +172,8 @@ struct Tally {
     needs_kernel: u64,
     layouts: u64,
     layout_errors: u64,
+    /// The layout errors by kind.
+    layout_error_kinds: BTreeMap<&'static str, u64>,
     reads: u64,
     read_errors: u64,
     /// Panics the reader boundary (`guarded`) contained.
@@ -187,7 +190,7 @@ struct Tally {
 impl Tally {
     fn report(&self, what: &str) {
         eprintln!(
-            "{what}: {} cases in {:.1?} ({} other format, {} refused, {} sent to the kernel, {} layouts, {} layout errors, {} reads, {} read errors, {} panics contained {:?}); slowest {:.1?}; {} slow {:?}; largest allocation {} bytes (seed {})",
+            "{what}: {} cases in {:.1?} ({} other format, {} refused, {} sent to the kernel, {} layouts, {} layout errors {:?}, {} reads, {} read errors, {} panics contained {:?}); slowest {:.1?}; {} slow {:?}; largest allocation {} bytes (seed {})",
             self.cases,
             self.total,
             self.other_format,
@@ -195,6 +198,7 @@ impl Tally {
             self.needs_kernel,
             self.layouts,
             self.layout_errors,
+            self.layout_error_kinds,
             self.reads,
             self.read_errors,
             self.contained_panics,
@@ -816,10 +820,33 @@ enum Answer {
     Refused,
     NeedsKernel,
     Read {
-        layout: bool,
+        layout: Result<(), LayoutError>,
         reads: u64,
         read_errors: u64,
     },
+}
+
+/// A layout error's kind, for the tally.
+fn error_kind(e: &LayoutError) -> &'static str {
+    match e {
+        LayoutError::Io(_) => "io",
+        LayoutError::Truncated { .. } => "truncated",
+        LayoutError::Corrupt { table: "GPT", .. } => "corrupt GPT",
+        LayoutError::Corrupt { .. } => "corrupt MBR",
+        _ => "other",
+    }
+}
+
+impl Tally {
+    fn layout<T>(&mut self, layout: &Result<T, LayoutError>) {
+        match layout {
+            Ok(_) => self.layouts += 1,
+            Err(e) => {
+                self.layout_errors += 1;
+                *self.layout_error_kinds.entry(error_kind(e)).or_default() += 1;
+            }
+        }
+    }
 }
 
 /// Checks a layout's promise: every partition lies inside the disk.
@@ -888,7 +915,7 @@ fn read_qcow2_case(seed: &Qcow2Seed, case: u64) -> Answer {
         return Answer::OtherFormat;
     }
     Answer::Read {
-        layout: layout.is_ok(),
+        layout: layout.map(|_| ()),
         reads,
         read_errors,
     }
@@ -904,11 +931,7 @@ fn tally_answer(tally: &mut Tally, answer: Answer) {
             reads,
             read_errors,
         } => {
-            if layout {
-                tally.layouts += 1;
-            } else {
-                tally.layout_errors += 1;
-            }
+            tally.layout(&layout);
             tally.reads += reads;
             tally.read_errors += read_errors;
         }
@@ -952,6 +975,9 @@ fn merge(all: &mut Tally, t: Tally) {
     all.needs_kernel += t.needs_kernel;
     all.layouts += t.layouts;
     all.layout_errors += t.layout_errors;
+    for (kind, n) in t.layout_error_kinds {
+        *all.layout_error_kinds.entry(kind).or_default() += n;
+    }
     all.reads += t.reads;
     all.read_errors += t.read_errors;
     all.contained_panics += t.contained_panics;
@@ -1232,12 +1258,13 @@ fn mutate_mbr(rng: &mut Rng, extended: u64, ebrs: &[u64], p: &mut Patched) {
 }
 
 /// One case: the table read as `userspace::open` reads it.
-fn read_table_case(name: &str, case: u64, bytes: &[u8]) -> bool {
+fn read_table_case(name: &str, case: u64, bytes: &[u8]) -> Result<(), LayoutError> {
     let len = bytes.len() as u64;
     let layout = partition::read_layout(&mut Cursor::new(bytes), len);
     check_layout(name, case, &layout, len);
     if let Ok(layout) = &layout {
         let mut numbers: Vec<u32> = layout.partitions.iter().map(|p| p.number).collect();
+        numbers.sort_unstable();
         numbers.dedup();
         assert_eq!(
             numbers.len(),
@@ -1248,7 +1275,7 @@ fn read_table_case(name: &str, case: u64, bytes: &[u8]) -> bool {
             fstype::detect(&mut Cursor::new(bytes), p.offset).unwrap();
         }
     }
-    layout.is_ok()
+    layout.map(|_| ())
 }
 
 #[test]
@@ -1294,14 +1321,10 @@ fn mutated_partition_tables_give_answers() {
                 let random = rng.below(len);
                 patched.truncate(rng.pick(&[512, 1024, 2 * sector, len - sector, random]));
             }
-            let ok = run_case(seed.name, case_seed, &mut tally, || {
+            let layout = run_case(seed.name, case_seed, &mut tally, || {
                 read_table_case(seed.name, case_seed, patched.now())
             });
-            if ok {
-                tally.layouts += 1;
-            } else {
-                tally.layout_errors += 1;
-            }
+            tally.layout(&layout);
             patched.undo();
         }
         tally.report(&format!("partition table {}", seed.name));
@@ -1312,6 +1335,34 @@ fn mutated_partition_tables_give_answers() {
 
 // ---------------------------------------------------------------------------
 // Targeted cases.
+
+/// gptman reads each entry as 152 bytes: an entry array ending at the very
+/// end of the disk (where the backup header belongs) was an I/O error.
+#[test]
+fn gpt_entry_array_at_the_very_end_is_corrupt_not_an_io_error() {
+    let dir = TempDir::new().unwrap();
+    let seed = table_seeds(dir.path())
+        .into_iter()
+        .find(|s| s.name == "gpt-512")
+        .unwrap();
+    let mut disk = Patched::new(seed.bytes);
+    let sectors = disk.original.len() as u64 / 512;
+    // The primary header's 128 entries moved to the last 32 sectors, checksums resealed.
+    let last_32 = sectors - 32;
+    let array = disk.original[1024..1024 + 128 * 128].to_vec();
+    disk.set(512 + 72, &last_32.to_le_bytes());
+    disk.set(last_32 * 512, &array);
+    gpt_reseal(&mut disk, 512, 512);
+    match partition::read_layout(&mut Cursor::new(disk.now()), sectors * 512) {
+        Err(LayoutError::Corrupt { reason, .. }) => assert!(
+            reason.starts_with(
+                "primary header: its partition entry array runs to the very end of the image"
+            ),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
 
 /// An MBR whose extended partition chains `count` EBRs, each with a
 /// one-sector logical partition when `with_partitions`.
