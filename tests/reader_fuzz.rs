@@ -13,6 +13,7 @@
 //! Needs root (the v5 image is populated through a mount), xfsprogs and
 //! btrfs-progs.
 
+mod common_fuzz;
 mod common_images;
 mod common_readers;
 
@@ -21,9 +22,10 @@ use std::cell::Cell;
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common_fuzz::{Recording, Rng, crc32c};
 use common_images::MIB;
 use common_readers::{Made, put, walk_all};
 use prepare_image::access::image::block::{BlockSource, FileSource, Window};
@@ -85,22 +87,6 @@ fn check(size: usize) {
 #[global_allocator]
 static GLOBAL: Capped = Capped;
 
-/// A source that notes every range read (the clean walk).
-struct Recording {
-    inner: Window,
-    ranges: Mutex<Vec<(u64, usize)>>,
-}
-
-impl BlockSource for Recording {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.ranges.lock().unwrap().push((offset, buf.len()));
-        self.inner.read_at(buf, offset)
-    }
-}
-
 /// The clean image with some bytes changed; reads of exactly a range in
 /// `resealed` get their btrfs checksum (crc32c of bytes 32.. in the first
 /// four) computed again, so a mutation reaches the parsers behind the
@@ -109,22 +95,6 @@ struct Mutated {
     inner: Window,
     patches: Vec<(u64, u8)>,
     resealed: Vec<(u64, usize)>,
-}
-
-/// CRC-32C (Castagnoli), as btrfs checksums its tree blocks and superblock.
-fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 impl BlockSource for Mutated {
@@ -143,21 +113,6 @@ impl BlockSource for Mutated {
             buf[..4].copy_from_slice(&sum.to_le_bytes());
         }
         Ok(())
-    }
-}
-
-/// xorshift64*: reproducible from the seed, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
     }
 }
 
@@ -216,10 +171,7 @@ fn fuzz(made: Made, salt: u64, reseal: bool, cases: u64) -> Tally {
     let base = Window::whole(Arc::new(
         FileSource::new(std::fs::File::open(&fs_file).unwrap()).unwrap(),
     ));
-    let recording = Arc::new(Recording {
-        inner: base.clone(),
-        ranges: Mutex::new(Vec::new()),
-    });
+    let recording = Arc::new(Recording::new(Arc::new(base.clone())));
     let clean = made.load(Window::whole(recording.clone())).unwrap();
     let counts = walk_all(&*clean, NAMES, DEPTH, FILE_CAP, &mut |_, _| {});
     assert_eq!(counts.errors, 0, "{made:?}: the clean image reads");
@@ -227,7 +179,7 @@ fn fuzz(made: Made, salt: u64, reseal: bool, cases: u64) -> Tally {
         counts.files == 54 && counts.links == 3,
         "{made:?}: {counts:?}"
     );
-    let ranges = recording.ranges.lock().unwrap().clone();
+    let ranges = recording.ranges();
     drop(clean);
 
     let only: Option<u64> = std::env::var("PREPARE_IMAGE_FUZZ_SEED")

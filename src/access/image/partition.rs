@@ -371,8 +371,18 @@ fn read_gpt_copy<R: Read + Seek + ?Sized>(
             header.partition_entry_lba
         )));
     }
-    // Checks the entry array's CRC32.
-    let entries = header.read_partitions(file, sector_size)?;
+    // Checks the entry array's CRC32. gptman reads each entry as its size
+    // in memory (152 bytes, not 128), so an array that ends at the very end
+    // of the image is read past it: damage (the backup header belongs
+    // there), not an I/O error (found by tests/container_fuzz.rs).
+    let entries = header
+        .read_partitions(file, sector_size)
+        .map_err(|e| match e {
+            gptman::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                CopyError::Bad("its partition entry array runs to the very end of the image".into())
+            }
+            e => e.into(),
+        })?;
     Ok((header, entries))
 }
 
