@@ -8,14 +8,17 @@
 //!
 //! `lamxfs` does not surface owners, so `uid`/`gid` are read from the
 //! inode's core on disk, which is checked to be the same inode (its magic
-//! and mode) before it is believed.
+//! and mode) before it is believed. An inode the log replay created or
+//! changed is not on disk yet (the replay is in lamxfs's memory): its owners
+//! are [`UNKNOWN_OWNER`]. Nothing a read reports shows owners, and a write
+//! takes them from the kernel's mount, which replays the log itself.
 
 use std::io;
 
-use lamxfs::{Error, Xfs};
+use lamxfs::{Error, SuperblockReason, Xfs};
 
 use super::inode_fs::{InodeFs, Locked, Source, corrupt, kind_of_mode};
-use super::{FsRead, NodeStat, guarded};
+use super::{CannotReplay, FsRead, NodeStat, guarded};
 use crate::access::image::block::{BlockSource, Window};
 
 /// The superblock fields that place an inode on disk, and the version.
@@ -29,6 +32,10 @@ pub struct Geometry {
     /// `sb_versionnum & XFS_SB_VERSION_NUMBITS`: 4 or 5.
     pub version: u16,
 }
+
+/// The owner of an inode whose core on disk is not the one lamxfs shows (the log replay changed
+/// it): `(uid_t)-1`, which no file can have (chown(2) reads it as "leave unchanged").
+pub const UNKNOWN_OWNER: u32 = u32::MAX;
 
 /// `"XFSB"`, the superblock magic.
 const SB_MAGIC: &[u8; 4] = b"XFSB";
@@ -80,6 +87,11 @@ pub fn version(window: &Window) -> io::Result<Option<u16>> {
 
 fn to_io(e: Error) -> io::Error {
     match e {
+        // lamxfs's word for a log that still holds changes it cannot replay (a v4 log, an
+        // unfinished mapping change, an unknown item, a torn log).
+        Error::BadSuperblock(SuperblockReason::DirtyLog) => {
+            CannotReplay(format!("lamxfs: {e}")).into_io()
+        }
         Error::NotFound { .. } => io::Error::from(io::ErrorKind::NotFound),
         Error::UnsupportedFeature(f) => io::Error::new(
             io::ErrorKind::Unsupported,
@@ -113,7 +125,8 @@ pub fn load(window: Window) -> io::Result<Box<dyn FsRead>> {
 }
 
 impl Handle {
-    /// Owner and group from the inode core, checked against what `lamxfs` says of the same inode.
+    /// Owner and group from the inode core, checked against what `lamxfs` says of the same inode;
+    /// [`UNKNOWN_OWNER`] when they differ.
     fn owners(&self, ino: u64, mode: u32) -> io::Result<(u32, u32)> {
         let offset = self
             .geometry
@@ -123,10 +136,7 @@ impl Handle {
         self.window.read_at(&mut core, offset)?;
         let core_mode = u16::from_be_bytes([core[2], core[3]]);
         if &core[0..2] != INODE_MAGIC || u32::from(core_mode) != mode {
-            return Err(corrupt(
-                "xfs",
-                format!("inode {ino} on disk is not the one the log replay shows"),
-            ));
+            return Ok((UNKNOWN_OWNER, UNKNOWN_OWNER));
         }
         let be32 =
             |at: usize| u32::from_be_bytes([core[at], core[at + 1], core[at + 2], core[at + 3]]);
