@@ -21,12 +21,21 @@
 //! Needs root (loop devices, mount), e2fsprogs, xfsprogs, btrfs-progs, fdisk, qemu-utils.
 
 mod common_images;
+mod common_readers;
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use common_images::{
     LoopDevice, MIB, Mount, Output, Scratch, TestFs, partition, path_str, run, sha256, sparse_file,
 };
+use common_readers::{Seen, walk_all};
+use prepare_image::access::fs::{self as readers, FsRead, xfs::UNKNOWN_OWNER};
+use prepare_image::access::image::block::{FileSource, Window};
+use prepare_image::access::image::fstype::FsKind;
 use serde_json::Value;
 
 const CLOUD_CFG: &str = "etc/cloud/cloud.cfg";
@@ -140,9 +149,9 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&temp, path).unwrap();
 }
 
-/// fsync(2) of a file or directory, from another process (as a writer in the guest would).
+/// fsync(2) of a file or directory.
 fn fsync(path: &Path) {
-    run("xfs_io", &["-r", "-c", "fsync", path_str(path)]);
+    std::fs::File::open(path).unwrap().sync_all().unwrap();
 }
 
 /// A GPT image `dir/NAME.img` whose partition 2 holds `fs` with the old cloud.cfg, cleanly
@@ -176,10 +185,102 @@ fn clean_image(dir: &Path, name: &str, fs: Fs) -> PathBuf {
     image
 }
 
+/// What happens on the filesystem before the crash besides the cloud.cfg edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    Edit,
+    /// Also [`churn`].
+    Churn,
+}
+
+/// Many transactions of every kind a reader's replay must apply: files created (inline, one
+/// block, several), appended, overwritten, truncated, renamed, deleted (their inodes and blocks
+/// reused), symlinks short and long, a directory grown past one block, owners and modes changed;
+/// every so often an fsync commits what came before.
+fn churn(root: &Path) {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = root.join("var/churn");
+    let big = data.join("big-directory");
+    std::fs::create_dir_all(&big).unwrap();
+    let body = |i: usize| -> Vec<u8> {
+        let len = (i * 577) % 9000;
+        (0..len).map(|b| (b * 31 + i) as u8).collect()
+    };
+    for i in 0..300 {
+        let file = data.join(format!("f{i}"));
+        std::fs::write(&file, body(i)).unwrap();
+        if i % 40 == 0 {
+            fsync(&file);
+            fsync(&data);
+        }
+    }
+    for i in 0..700 {
+        std::fs::write(big.join(format!("entry-with-a-longer-name-{i:04}")), b"x").unwrap();
+    }
+    fsync(&big);
+    for i in (0..300).step_by(3) {
+        std::fs::remove_file(data.join(format!("f{i}"))).unwrap();
+    }
+    for i in (0..700).step_by(5) {
+        std::fs::remove_file(big.join(format!("entry-with-a-longer-name-{i:04}"))).unwrap();
+    }
+    for i in (1..300).step_by(7).filter(|i| i % 3 != 0) {
+        std::fs::rename(
+            data.join(format!("f{i}")),
+            data.join(format!("renamed-{i}")),
+        )
+        .unwrap();
+    }
+    for i in (2..300).step_by(11) {
+        let file = data.join(format!("f{i}"));
+        if file.exists() {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .unwrap();
+            f.write_all(&body(i + 1)).unwrap();
+            f.sync_all().unwrap();
+        }
+    }
+    for i in (4..300).step_by(13) {
+        let file = data.join(format!("f{i}"));
+        if file.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_len(100)
+                .unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o4711)).unwrap();
+            std::os::unix::fs::chown(&file, Some(1000 + i as u32), Some(2000)).unwrap();
+        }
+    }
+    // An inode that was on disk before, changed in owners only.
+    std::os::unix::fs::chown(root.join("etc/cloud/cloud.cfg.d"), Some(1234), Some(5678)).unwrap();
+    for i in 0..30 {
+        std::os::unix::fs::symlink(format!("f{i}"), data.join(format!("link-{i}"))).unwrap();
+    }
+    std::os::unix::fs::symlink("d/".repeat(100), data.join("long-link")).unwrap();
+    // Freed inodes and blocks reused by new files.
+    for i in 0..100 {
+        std::fs::write(data.join(format!("new-{i}")), body(i + 500)).unwrap();
+    }
+    for dir in [&big, &data, &root.join("var")] {
+        fsync(dir);
+    }
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && !path.is_symlink() {
+            fsync(&path);
+        }
+    }
+}
+
 /// Mounts `image`, replaces cloud.cfg and adds the drop-in, and leaves the filesystem with those
 /// changes committed to its journal or log only (see the module text). Returns the unclean image
 /// (for ext4 and btrfs a copy taken while mounted; `image` itself ends clean).
-fn crash(dir: &Path, image: &Path, name: &str, fs: Fs) -> PathBuf {
+fn crash(dir: &Path, image: &Path, name: &str, fs: Fs, work: Work) -> PathBuf {
     let unclean = dir.join(format!("{name}-unclean.img"));
     let device = attach(image, fs, true);
     let mount = Mount::new(
@@ -191,6 +292,9 @@ fn crash(dir: &Path, image: &Path, name: &str, fs: Fs) -> PathBuf {
     let root = mount.path.clone();
     replace(&root.join(CLOUD_CFG), &new_cfg());
     std::fs::write(root.join(DROPIN), DROPIN_TEXT).unwrap();
+    if work == Work::Churn {
+        churn(&root);
+    }
     for path in [CLOUD_CFG, DROPIN, "etc/cloud/cloud.cfg.d", "etc/cloud"] {
         fsync(&root.join(path));
     }
@@ -215,11 +319,11 @@ fn crash(dir: &Path, image: &Path, name: &str, fs: Fs) -> PathBuf {
     unclean
 }
 
-/// `etc/cloud` of `image` as a tree under `dir/NAME`: mounted read-write on a copy (the kernel
+/// The root filesystem of `image` as a tree under `dir/NAME`: mounted read-write on a copy (the kernel
 /// replays: the truth), or read-only without replay on the image itself (the stale state).
 fn read_tree(dir: &Path, image: &Path, fs: Fs, name: &str, replayed: bool) -> PathBuf {
     let tree = dir.join(name);
-    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::create_dir_all(&tree).unwrap();
     let copy = dir.join(format!("{name}.img"));
     let source = if replayed {
         run("cp", &["--sparse=always", path_str(image), path_str(&copy)]);
@@ -244,8 +348,8 @@ fn read_tree(dir: &Path, image: &Path, fs: Fs, name: &str, replayed: bool) -> Pa
             "cp",
             &[
                 "-a",
-                path_str(&mount.path.join("etc/cloud")),
-                path_str(&tree.join("etc")),
+                &format!("{}/.", mount.path.display()),
+                path_str(&tree),
             ],
         );
     }
@@ -308,8 +412,8 @@ fn premise(image: &Path, fs: Fs) -> Result<(), String> {
 /// the premise check notices.
 const ATTEMPTS: usize = 3;
 
-/// An unclean image `NAME-unclean.img` of `fs` in `scratch`, its premise checked, with the truth
-/// (post-replay) and stale trees of `etc/cloud`.
+/// An unclean image `NAME-unclean.img` of `fs` in `scratch`, its premise checked, with copies of
+/// its files as the kernel reads them after the replay (the truth) and without it (stale).
 struct Unclean {
     image: PathBuf,
     truth: PathBuf,
@@ -317,10 +421,14 @@ struct Unclean {
 }
 
 fn unclean(scratch: &Scratch, name: &str, fs: Fs) -> Unclean {
+    unclean_after(scratch, name, fs, Work::Edit)
+}
+
+fn unclean_after(scratch: &Scratch, name: &str, fs: Fs, work: Work) -> Unclean {
     let dir = scratch.dir.path();
     let mut failed = Vec::new();
     let image = loop {
-        let image = crash(dir, &clean_image(dir, name, fs), name, fs);
+        let image = crash(dir, &clean_image(dir, name, fs), name, fs, work);
         match premise(&image, fs) {
             Ok(()) => break image,
             Err(why) => failed.push(why),
@@ -570,4 +678,175 @@ fn ext4_keep_writes_on_the_replayed_journal() {
 #[test]
 fn xfs_keep_writes_on_the_replayed_log() {
     the_write_lands_on_the_replayed_file(Fs::Xfs);
+}
+
+/// One name as read: what it is, its permission bits, and its owners (`None`: not known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Node {
+    what: What,
+    mode: u32,
+    owners: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum What {
+    Dir(Vec<OsString>),
+    /// The stated size and the bytes.
+    File(u64, Vec<u8>),
+    Link(PathBuf),
+    Other,
+}
+
+/// Every name a user-space reader shows, by absolute path.
+fn reader_view(fs: &dyn FsRead) -> BTreeMap<PathBuf, Node> {
+    let mut view = BTreeMap::new();
+    let counts = walk_all(fs, usize::MAX, 64, u64::MAX, &mut |path, seen| {
+        let st = fs.lstat(path).unwrap().unwrap();
+        let what = match seen {
+            Seen::Dir(names) => What::Dir(names),
+            Seen::File(size, bytes) => What::File(size, bytes),
+            Seen::Link(target) => What::Link(target),
+            Seen::Missing | Seen::Other => What::Other,
+        };
+        let owners = (st.uid != UNKNOWN_OWNER).then_some((st.uid, st.gid));
+        view.insert(
+            path.to_path_buf(),
+            Node {
+                what,
+                mode: st.mode,
+                owners,
+            },
+        );
+    });
+    assert_eq!(counts.errors, 0, "{counts:?}");
+    view
+}
+
+/// Every name under the directory `root`, as [`reader_view`] shows a filesystem.
+fn directory_view(root: &Path) -> BTreeMap<PathBuf, Node> {
+    fn visit(root: &Path, rel: &Path, view: &mut BTreeMap<PathBuf, Node>) {
+        let path = root.join(rel);
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        let what = if md.is_dir() {
+            let mut names: Vec<OsString> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            for name in &names {
+                visit(root, &rel.join(name), view);
+            }
+            What::Dir(names)
+        } else if md.is_symlink() {
+            What::Link(std::fs::read_link(&path).unwrap())
+        } else if md.is_file() {
+            What::File(md.len(), std::fs::read(&path).unwrap())
+        } else {
+            What::Other
+        };
+        view.insert(
+            Path::new("/").join(rel),
+            Node {
+                what,
+                mode: md.mode() & 0o7777,
+                owners: Some((md.uid(), md.gid())),
+            },
+        );
+    }
+    let mut view = BTreeMap::new();
+    visit(root, Path::new(""), &mut view);
+    view
+}
+
+/// The paths where two views differ.
+fn differences(a: &BTreeMap<PathBuf, Node>, b: &BTreeMap<PathBuf, Node>) -> Vec<PathBuf> {
+    let mut paths: Vec<&PathBuf> = a.keys().chain(b.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .filter(|p| a.get(*p) != b.get(*p))
+        .cloned()
+        .collect()
+}
+
+/// After many transactions of every kind, every name the user-space reader shows is what the
+/// kernel shows after its replay: kind, mode, owners (where the reader knows them), link target,
+/// directory listing, size and bytes.
+fn every_name_reads_as_replayed(fs: Fs) {
+    let _serial = serial();
+    let scratch = Scratch::new();
+    let u = unclean_after(&scratch, "root", fs, Work::Churn);
+    let kind = match fs {
+        Fs::Xfs => FsKind::Xfs,
+        _ => FsKind::Ext { version: 4 },
+    };
+    let source = Arc::new(FileSource::new(std::fs::File::open(&u.image).unwrap()).unwrap());
+    let window = Window::new(source, ROOT_OFFSET, fs.test_fs().size()).unwrap();
+    let reader = readers::reader_for(&kind, window).unwrap().unwrap();
+    let mut seen = reader_view(&*reader);
+    let mut truth = directory_view(&u.truth);
+    let stale = directory_view(&u.stale);
+    let stale_differs = differences(&stale, &truth).len();
+    assert!(
+        stale_differs > 100,
+        "{fs:?}: the churn left too little to replay ({stale_differs})"
+    );
+    // The image's root directory is `truth` itself, made by the test: its mode and owners are
+    // the copy's.
+    for view in [&mut seen, &mut truth] {
+        view.get_mut(Path::new("/")).unwrap().owners = None;
+    }
+    let mut unknown = 0;
+    for (path, node) in &seen {
+        if node.owners.is_none()
+            && let Some(t) = truth.get_mut(path)
+        {
+            t.owners = None;
+            unknown += 1;
+        }
+    }
+    let wrong = differences(&seen, &truth);
+    let show = |p: &PathBuf| {
+        format!(
+            "{}: {:?} / {:?}",
+            p.display(),
+            seen.get(p).map(brief),
+            truth.get(p).map(brief)
+        )
+    };
+    assert!(
+        wrong.is_empty(),
+        "{fs:?}: {} of {} names differ from the replayed truth: {:#?}",
+        wrong.len(),
+        truth.len(),
+        wrong.iter().take(10).map(show).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "{fs:?}: {} names read as replayed ({stale_differs} differ from the stale state; owners unknown for {unknown})",
+        truth.len()
+    );
+}
+
+/// A node without its bytes, for messages.
+fn brief(node: &Node) -> String {
+    match &node.what {
+        What::File(size, bytes) => format!(
+            "file {size} ({} read) {:o} {:?}",
+            bytes.len(),
+            node.mode,
+            node.owners
+        ),
+        other => format!("{other:?} {:o} {:?}", node.mode, node.owners),
+    }
+}
+
+#[test]
+fn ext4_every_name_reads_as_the_replayed_journal_leaves_it() {
+    every_name_reads_as_replayed(Fs::Ext4);
+}
+
+#[test]
+fn xfs_every_name_reads_as_the_replayed_log_leaves_it() {
+    every_name_reads_as_replayed(Fs::Xfs);
 }

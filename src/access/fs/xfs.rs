@@ -8,12 +8,15 @@
 //!
 //! `lamxfs` does not surface owners, so `uid`/`gid` are read from the
 //! inode's core on disk, which is checked to be the same inode (its magic
-//! and mode) before it is believed. An inode the log replay created or
-//! changed is not on disk yet (the replay is in lamxfs's memory): its owners
-//! are [`UNKNOWN_OWNER`]. Nothing a read reports shows owners, and a write
-//! takes them from the kernel's mount, which replays the log itself.
+//! and mode) before it is believed. After a log replay the inodes on disk
+//! may be older than what lamxfs shows (the replay is in its memory, out of
+//! our reach), so owners are [`UNKNOWN_OWNER`] then. Nothing a read reports
+//! shows owners, and a write takes them from the kernel's mount, which
+//! replays the log itself.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lamxfs::{Error, SuperblockReason, Xfs};
 
@@ -103,9 +106,33 @@ fn to_io(e: Error) -> io::Error {
 }
 
 struct Handle {
-    fs: Xfs<Source>,
+    fs: Xfs<Watched>,
     window: Window,
     geometry: Geometry,
+    /// The log replay changed something: an inode's core on disk may be older than the one
+    /// lamxfs shows (a chown leaves the mode, which [`Handle::owners`] checks, as it was).
+    replayed: bool,
+}
+
+/// The window as lamxfs's reader, counting reads of the superblock: `Xfs::open` reads it once,
+/// and once more, through its replay overlay, exactly when the replay changed some block
+/// (lamxfs 0.1.3, pinned; the log lies away from block 0, so reading the log does not count).
+/// A read of block 0 by the replay itself only happens when it patches it, so an extra count
+/// errs, if ever, towards owners unknown.
+struct Watched {
+    source: Source,
+    superblock_reads: Arc<AtomicUsize>,
+}
+
+impl lamxfs::BlockRead for Watched {
+    type Error = io::Error;
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), io::Error> {
+        if offset == 0 {
+            self.superblock_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        lamxfs::BlockRead::read_at(&mut self.source, offset, buf)
+    }
 }
 
 /// The XFS filesystem in `window`: the superblock read and checked, a dirty
@@ -115,19 +142,29 @@ pub fn load(window: Window) -> io::Result<Box<dyn FsRead>> {
         let mut sb = [0u8; 128];
         window.read_at(&mut sb, 0)?;
         let geometry = Geometry::parse(&sb).ok_or_else(|| corrupt("xfs", "no superblock"))?;
-        let fs = Xfs::open(Source(window.clone()), window.len()).map_err(to_io)?;
+        let superblock_reads = Arc::new(AtomicUsize::new(0));
+        let watched = Watched {
+            source: Source(window.clone()),
+            superblock_reads: Arc::clone(&superblock_reads),
+        };
+        let fs = Xfs::open(watched, window.len()).map_err(to_io)?;
+        let replayed = superblock_reads.load(Ordering::Relaxed) > 1;
         Ok(Box::new(Locked::new(Handle {
             fs,
             window,
             geometry,
+            replayed,
         })) as Box<dyn FsRead>)
     })
 }
 
 impl Handle {
     /// Owner and group from the inode core, checked against what `lamxfs` says of the same inode;
-    /// [`UNKNOWN_OWNER`] when they differ.
+    /// [`UNKNOWN_OWNER`] when they differ, or when the log replay may have changed them.
     fn owners(&self, ino: u64, mode: u32) -> io::Result<(u32, u32)> {
+        if self.replayed {
+            return Ok((UNKNOWN_OWNER, UNKNOWN_OWNER));
+        }
         let offset = self
             .geometry
             .inode_offset(ino)
