@@ -511,6 +511,22 @@ fn reads_show_the_replayed_state(fs: Fs) {
     let status = scratch.run(&["status", "--format", "json", img]);
     assert_eq!(settings(&status), truth.0, "{fs:?}: status as root");
     assert_eq!(sha256(&u.image), before, "{fs:?}: a read changed the image");
+
+    // The same disk as qcow2 (read through imago).
+    let qcow2 = scratch.path("root-unclean.qcow2");
+    run(
+        "qemu-img",
+        &["convert", "-O", "qcow2", img, path_str(&qcow2)],
+    );
+    std::fs::set_permissions(&qcow2, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let before = sha256(&qcow2);
+    let status = scratch.run_unprivileged(&["status", "--format", "json", path_str(&qcow2)]);
+    assert_eq!(
+        settings(&status),
+        truth.0,
+        "{fs:?}: rootless status of the qcow2"
+    );
+    assert_eq!(sha256(&qcow2), before, "{fs:?}: a read changed the qcow2");
 }
 
 #[test]
@@ -579,34 +595,46 @@ fn ext4_with_a_journal_the_reader_cannot_replay_is_refused_for_reads_and_writes(
     );
 }
 
-/// The root user's kernel read (a vmdk is not read in user space yet) refuses a pending replay
-/// instead of mounting with noload / norecovery / nologreplay, and still reads a clean image.
+/// A run as root that reads through the kernel (loop device, read-only mount), as it does when
+/// no user-space reader serves an image.
+fn run_kernel_read(scratch: &Scratch, args: &[&str]) -> Output {
+    let out = scratch
+        .command()
+        .env("PREPARE_IMAGE_FORCE_KERNEL_READ", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// The root user's kernel read refuses a pending replay instead of mounting with noload /
+/// norecovery / nologreplay, leaves the image as it was, and reads the replayed image (also a
+/// clean XFS, which it now mounts without norecovery) as the kernel replayed it.
 #[test]
 fn the_kernel_read_refuses_a_pending_replay_and_reads_a_clean_image() {
     let _serial = serial();
     let scratch = Scratch::new();
-    for fs in [Fs::Ext4, Fs::Xfs, Fs::Btrfs] {
-        let name = fs.fstype();
-        let u = unclean(&scratch, name, fs);
-        let vmdk = scratch.path(&format!("{name}.vmdk"));
-        run(
-            "qemu-img",
-            &["convert", "-O", "vmdk", path_str(&u.image), path_str(&vmdk)],
-        );
-        let before = sha256(&vmdk);
-        let out = scratch.run(&["status", "--format", "json", path_str(&vmdk)]);
-        assert_refused(&out, &vmdk, fs, "a read-only mount does not replay it");
-        assert_eq!(sha256(&vmdk), before, "{fs:?}");
+    for fs in [Fs::Ext4, Fs::Ext4OldJournal, Fs::Xfs, Fs::Btrfs] {
+        let name = format!("{fs:?}").to_lowercase();
+        let u = unclean(&scratch, &name, fs);
+        let before = sha256(&u.image);
+        for args in [
+            &["status", "--format", "json", path_str(&u.image)][..],
+            &["--keep", KEEP, "--dry-run", path_str(&u.image)],
+        ] {
+            let out = run_kernel_read(&scratch, args);
+            assert_refused(&out, &u.image, fs, "a read-only mount does not replay it");
+        }
+        assert_eq!(sha256(&u.image), before, "{fs:?}");
 
-        // The same filesystem once replayed (mounted read-write and unmounted): read, and as
-        // the kernel replayed it.
-        let replayed = scratch.path(&format!("{name}-replayed.img"));
-        run(
-            "cp",
-            &["--sparse=always", path_str(&u.image), path_str(&replayed)],
-        );
+        // Once replayed (mounted read-write and unmounted), the same filesystem reads as the
+        // kernel replayed it.
         {
-            let device = attach(&replayed, fs, true);
+            let device = attach(&u.image, fs, true);
             let _mount = Mount::new(
                 &device.path,
                 &scratch.path(&format!("{name}-replay")),
@@ -614,18 +642,10 @@ fn the_kernel_read_refuses_a_pending_replay_and_reads_a_clean_image() {
                 &fs.options("rw"),
             );
         }
-        let clean = scratch.path(&format!("{name}-replayed.vmdk"));
-        run(
-            "qemu-img",
-            &[
-                "convert",
-                "-O",
-                "vmdk",
-                path_str(&replayed),
-                path_str(&clean),
-            ],
+        let out = run_kernel_read(
+            &scratch,
+            &["status", "--format", "json", path_str(&u.image)],
         );
-        let out = scratch.run(&["status", "--format", "json", path_str(&clean)]);
         assert_eq!(
             settings(&out),
             on_directory(&scratch, &u.truth).0,

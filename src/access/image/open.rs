@@ -123,7 +123,7 @@ pub fn open(
 ) -> Result<OpenedImage> {
     // Reads go through user space; the kernel mounts only to write, or for a root user when
     // no user-space reader reads the image yet.
-    if !writable {
+    if !writable && !kernel_read_forced() {
         match super::userspace::open(path, partition, allow_backing, marker)? {
             Ok(opened) => return Ok(opened),
             Err(why) if !nix::unistd::geteuid().is_root() => bail!(
@@ -247,6 +247,14 @@ pub fn open(
     opened.info.filesystem = filesystem_name(kind, subvolume.as_deref());
     interrupt::check()?;
     Ok(opened)
+}
+
+/// Forces the root user's kernel read, the fallback when no user-space reader serves an image,
+/// to test it on images user space reads.
+pub const FORCE_KERNEL_READ_VARIABLE: &str = "PREPARE_IMAGE_FORCE_KERNEL_READ";
+
+fn kernel_read_forced() -> bool {
+    std::env::var_os(FORCE_KERNEL_READ_VARIABLE).is_some_and(|v| v == "1")
 }
 
 /// How a report names the root's filesystem: with the btrfs subvolume that holds it, as mounted.
