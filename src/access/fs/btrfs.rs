@@ -3,9 +3,11 @@
 //! subvolume, or, in Fedora's layout (the default left at the top level),
 //! the one top-level subvolume that holds it.
 //!
-//! btrfs has no journal to replay: a tree log left by a crash only holds
-//! fsyncs since the last commit, which a read-only kernel mount here skips
-//! too (`rescue=nologreplay`), so both read the last committed state.
+//! A tree log left by a crash holds the fsyncs since the last commit, which
+//! the guest's kernel replays at its next mount; `lambutter` reads the last
+//! commit only, so a btrfs with a log root is refused before it is read
+//! (`image::unclean`), as is the kernel read, which skips the log
+//! (`rescue=nologreplay`).
 
 use std::io;
 use std::path::Path;

@@ -134,6 +134,30 @@ pub trait FsRead: Send {
     fn list(&self, path: &Path) -> io::Result<Vec<OsString>>;
 }
 
+/// A reader's refusal of a journal or log that still holds changes it cannot replay (the
+/// filesystem was not shut down cleanly): reading past it would show the stale state.
+#[derive(Debug)]
+pub struct CannotReplay(pub String);
+
+impl std::fmt::Display for CannotReplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CannotReplay {}
+
+impl CannotReplay {
+    pub fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::Unsupported, self)
+    }
+
+    /// Whether a reader's error is this refusal.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<CannotReplay>())
+    }
+}
+
 /// Runs `f` on a third-party reader, turning a panic into an error: a
 /// hostile image must give a one-line error, never a crash.
 pub fn guarded<T>(what: &str, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {

@@ -8,14 +8,20 @@
 //!
 //! `lamxfs` does not surface owners, so `uid`/`gid` are read from the
 //! inode's core on disk, which is checked to be the same inode (its magic
-//! and mode) before it is believed.
+//! and mode) before it is believed. After a log replay the inodes on disk
+//! may be older than what lamxfs shows (the replay is in its memory, out of
+//! our reach), so owners are [`UNKNOWN_OWNER`] then. Nothing a read reports
+//! shows owners, and a write takes them from the kernel's mount, which
+//! replays the log itself.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lamxfs::{Error, Xfs};
+use lamxfs::{Error, SuperblockReason, Xfs};
 
 use super::inode_fs::{InodeFs, Locked, Source, corrupt, kind_of_mode};
-use super::{FsRead, NodeStat, guarded};
+use super::{CannotReplay, FsRead, NodeStat, guarded};
 use crate::access::image::block::{BlockSource, Window};
 
 /// The superblock fields that place an inode on disk, and the version.
@@ -29,6 +35,10 @@ pub struct Geometry {
     /// `sb_versionnum & XFS_SB_VERSION_NUMBITS`: 4 or 5.
     pub version: u16,
 }
+
+/// The owner of an inode whose core on disk is not the one lamxfs shows (the log replay changed
+/// it): `(uid_t)-1`, which no file can have (chown(2) reads it as "leave unchanged").
+pub const UNKNOWN_OWNER: u32 = u32::MAX;
 
 /// `"XFSB"`, the superblock magic.
 const SB_MAGIC: &[u8; 4] = b"XFSB";
@@ -80,6 +90,11 @@ pub fn version(window: &Window) -> io::Result<Option<u16>> {
 
 fn to_io(e: Error) -> io::Error {
     match e {
+        // lamxfs's word for a log that still holds changes it cannot replay (a v4 log, an
+        // unfinished mapping change, an unknown item, a torn log).
+        Error::BadSuperblock(SuperblockReason::DirtyLog) => {
+            CannotReplay(format!("lamxfs: {e}")).into_io()
+        }
         Error::NotFound { .. } => io::Error::from(io::ErrorKind::NotFound),
         Error::UnsupportedFeature(f) => io::Error::new(
             io::ErrorKind::Unsupported,
@@ -91,9 +106,33 @@ fn to_io(e: Error) -> io::Error {
 }
 
 struct Handle {
-    fs: Xfs<Source>,
+    fs: Xfs<Watched>,
     window: Window,
     geometry: Geometry,
+    /// The log replay changed something: an inode's core on disk may be older than the one
+    /// lamxfs shows (a chown leaves the mode, which [`Handle::owners`] checks, as it was).
+    replayed: bool,
+}
+
+/// The window as lamxfs's reader, counting reads of the superblock: `Xfs::open` reads it once,
+/// and once more, through its replay overlay, exactly when the replay changed some block
+/// (lamxfs 0.1.3, pinned; the log lies away from block 0, so reading the log does not count).
+/// A read of block 0 by the replay itself only happens when it patches it, so an extra count
+/// errs, if ever, towards owners unknown.
+struct Watched {
+    source: Source,
+    superblock_reads: Arc<AtomicUsize>,
+}
+
+impl lamxfs::BlockRead for Watched {
+    type Error = io::Error;
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), io::Error> {
+        if offset == 0 {
+            self.superblock_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        lamxfs::BlockRead::read_at(&mut self.source, offset, buf)
+    }
 }
 
 /// The XFS filesystem in `window`: the superblock read and checked, a dirty
@@ -103,18 +142,29 @@ pub fn load(window: Window) -> io::Result<Box<dyn FsRead>> {
         let mut sb = [0u8; 128];
         window.read_at(&mut sb, 0)?;
         let geometry = Geometry::parse(&sb).ok_or_else(|| corrupt("xfs", "no superblock"))?;
-        let fs = Xfs::open(Source(window.clone()), window.len()).map_err(to_io)?;
+        let superblock_reads = Arc::new(AtomicUsize::new(0));
+        let watched = Watched {
+            source: Source(window.clone()),
+            superblock_reads: Arc::clone(&superblock_reads),
+        };
+        let fs = Xfs::open(watched, window.len()).map_err(to_io)?;
+        let replayed = superblock_reads.load(Ordering::Relaxed) > 1;
         Ok(Box::new(Locked::new(Handle {
             fs,
             window,
             geometry,
+            replayed,
         })) as Box<dyn FsRead>)
     })
 }
 
 impl Handle {
-    /// Owner and group from the inode core, checked against what `lamxfs` says of the same inode.
+    /// Owner and group from the inode core, checked against what `lamxfs` says of the same inode;
+    /// [`UNKNOWN_OWNER`] when they differ, or when the log replay may have changed them.
     fn owners(&self, ino: u64, mode: u32) -> io::Result<(u32, u32)> {
+        if self.replayed {
+            return Ok((UNKNOWN_OWNER, UNKNOWN_OWNER));
+        }
         let offset = self
             .geometry
             .inode_offset(ino)
@@ -123,10 +173,7 @@ impl Handle {
         self.window.read_at(&mut core, offset)?;
         let core_mode = u16::from_be_bytes([core[2], core[3]]);
         if &core[0..2] != INODE_MAGIC || u32::from(core_mode) != mode {
-            return Err(corrupt(
-                "xfs",
-                format!("inode {ino} on disk is not the one the log replay shows"),
-            ));
+            return Ok((UNKNOWN_OWNER, UNKNOWN_OWNER));
         }
         let be32 =
             |at: usize| u32::from_be_bytes([core[at], core[at + 1], core[at + 2], core[at + 3]]);

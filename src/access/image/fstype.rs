@@ -99,11 +99,16 @@ impl FsKind {
     ///
     /// Why: a read-only mount of a filesystem that was not cleanly unmounted
     /// still replays its journal by default, which writes to the device. We
-    /// inspect images we must not change, so the journal stays untouched and
-    /// we read the last committed state instead.
+    /// inspect images we must not change, so the journal stays untouched. A
+    /// filesystem with a replay pending is refused before it is mounted
+    /// (`image::unclean`): skipping the replay would show the last committed
+    /// state, not what the guest boots with; these options are a second line.
     ///
     /// - ext2/3/4: `noload` (ignored harmlessly on ext2, which has no journal).
-    /// - xfs: `norecovery`.
+    /// - xfs: none. The loop device is read-only, so XFS cannot replay a dirty log and
+    ///   refuses the mount (EROFS) instead; with `norecovery` it would mount and show the
+    ///   stale, pre-replay state, which is not what the guest boots with (see
+    ///   `image::unclean`). A clean log mounts the same either way.
     /// - btrfs: `rescue=nologreplay`. The older spelling `nologreplay` is
     ///   rejected by the 6.x kernel we tested on (6.18: "wrong fs type, bad
     ///   option"), while `rescue=nologreplay` exists since Linux 5.9; a kernel
@@ -111,7 +116,6 @@ impl FsKind {
     pub fn read_only_options(&self) -> &'static str {
         match self {
             FsKind::Ext { .. } => "noload",
-            FsKind::Xfs => "norecovery",
             FsKind::Btrfs => "rescue=nologreplay",
             _ => "",
         }

@@ -15,5 +15,6 @@ pub mod partition;
 pub mod qcow2;
 pub mod qemu;
 pub mod tempdirs;
+pub mod unclean;
 pub mod userspace;
 pub mod windows;

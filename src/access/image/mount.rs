@@ -43,6 +43,29 @@ pub fn enter_private_namespace() -> Result<()> {
 const UNMOUNT_ATTEMPTS: u32 = 10;
 const UNMOUNT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// A failed mount(2), with its errno for callers that tell causes apart (EROFS: a read-only
+/// mount of a filesystem whose journal or log needs a replay the read-only device forbids).
+#[derive(Debug)]
+pub struct MountError {
+    pub errno: Errno,
+    message: String,
+}
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for MountError {}
+
+impl MountError {
+    /// The errno of a failed `Mount::new`, if that is what `e` is.
+    pub fn errno_of(e: &anyhow::Error) -> Option<Errno> {
+        e.downcast_ref::<MountError>().map(|m| m.errno)
+    }
+}
+
 /// A mounted filesystem on a temp directory this process created.
 #[derive(Debug)]
 pub struct Mount {
@@ -63,7 +86,7 @@ impl Mount {
         let data = (!data.is_empty()).then_some(data);
         if let Err(e) = nix::mount::mount(Some(device), &mountpoint, Some(fstype), flags, data) {
             let _ = std::fs::remove_dir(&mountpoint);
-            return Err(anyhow!(
+            let message = format!(
                 "mounting {} ({fstype}{}) failed: {e}{}",
                 device.display(),
                 if read_only { ", read-only" } else { "" },
@@ -78,7 +101,8 @@ impl Mount {
                     }
                     _ => "",
                 }
-            ));
+            );
+            return Err(anyhow::Error::new(MountError { errno: e, message }));
         }
         Ok(Mount {
             mountpoint,

@@ -17,9 +17,10 @@ use super::fstype::{self, FsKind};
 use super::interrupt;
 use super::inuse;
 use super::loopdev::{self, LoopDevice};
-use super::mount::Mount;
+use super::mount::{Mount, MountError};
 use super::partition::{self, Partition, Table};
 use super::qemu::RawView;
+use super::unclean;
 use crate::access::fs::btrfs::{self, choose_subvolume};
 use crate::access::fs::xfs;
 use crate::access::root::Root;
@@ -122,7 +123,7 @@ pub fn open(
 ) -> Result<OpenedImage> {
     // Reads go through user space; the kernel mounts only to write, or for a root user when
     // no user-space reader reads the image yet.
-    if !writable {
+    if !writable && !kernel_read_forced() {
         match super::userspace::open(path, partition, allow_backing, marker)? {
             Ok(opened) => return Ok(opened),
             Err(why) if !nix::unistd::geteuid().is_root() => bail!(
@@ -213,6 +214,9 @@ pub fn open(
         }
         None => {
             let fstype = kind.mount_type().expect("checked mountable");
+            if !writable {
+                refuse_if_replay_pending(&raw, &display, &chosen, kind)?;
+            }
             let loop_device =
                 LoopDevice::attach(&raw, &raw_path, chosen.offset, chosen.size, !writable)?;
             interrupt::pause_point("attached")?;
@@ -222,6 +226,10 @@ pub fn open(
                 Err(e) => {
                     loop_device.close()?;
                     if let Some(refusal) = xfs_v4_refusal(&raw, &display, &chosen, kind) {
+                        return Err(refusal);
+                    }
+                    if !writable && let Some(refusal) = replay_refused(&e, &display, &chosen, kind)
+                    {
                         return Err(refusal);
                     }
                     return Err(e.context(format!("partition {} of {display}", chosen.number)));
@@ -239,6 +247,14 @@ pub fn open(
     opened.info.filesystem = filesystem_name(kind, subvolume.as_deref());
     interrupt::check()?;
     Ok(opened)
+}
+
+/// Forces the root user's kernel read, the fallback when no user-space reader serves an image,
+/// to test it on images user space reads.
+pub const FORCE_KERNEL_READ_VARIABLE: &str = "PREPARE_IMAGE_FORCE_KERNEL_READ";
+
+fn kernel_read_forced() -> bool {
+    std::env::var_os(FORCE_KERNEL_READ_VARIABLE).is_some_and(|v| v == "1")
 }
 
 /// How a report names the root's filesystem: with the btrfs subvolume that holds it, as mounted.
@@ -468,6 +484,43 @@ fn xfs_v4_refusal(raw: &File, display: &str, p: &Partition, kind: FsKind) -> Opt
     })
 }
 
+/// Refuses to mount partition `p` read-only when its journal or log needs a replay (the
+/// superblock says so): the mount would show the stale state, not what the guest boots with.
+/// The image's own partition, not a probe's: a dirty partition may be the root.
+fn refuse_if_replay_pending(raw: &File, display: &str, p: &Partition, kind: FsKind) -> Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let read_at = |buf: &mut [u8], at: u64| raw.read_exact_at(buf, p.offset.saturating_add(at));
+    let pending = unclean::replay_pending(kind, read_at)
+        .with_context(|| format!("reading partition {} of {display}", p.number))?;
+    if pending == Some(true) {
+        return Err(unclean::refusal(
+            display,
+            p.number,
+            kind,
+            unclean::KERNEL_READ_DOES_NOT_REPLAY,
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of a read-only mount the kernel failed with EROFS: on the read-only loop device
+/// it cannot replay the journal or log that needs it (XFS, whose superblock does not say).
+fn replay_refused(
+    e: &anyhow::Error,
+    display: &str,
+    p: &Partition,
+    kind: FsKind,
+) -> Option<anyhow::Error> {
+    (MountError::errno_of(e) == Some(nix::errno::Errno::EROFS)).then(|| {
+        unclean::refusal(
+            display,
+            p.number,
+            kind,
+            unclean::KERNEL_READ_DOES_NOT_REPLAY,
+        )
+    })
+}
+
 /// Mounts `p` read-only and looks for `marker`; on btrfs, when the default
 /// subvolume lacks it, in the top-level subvolumes too (Fedora's layout:
 /// the root in subvolume `root`, the default left at the top level).
@@ -481,13 +534,17 @@ fn probe_partition(
     marker: &str,
 ) -> Result<Probed> {
     let fstype = kind.mount_type().expect("checked mountable");
+    refuse_if_replay_pending(raw, display, p, kind)?;
     let device = LoopDevice::attach(raw, raw_path, p.offset, p.size, true)?;
     let mount = match Mount::new(device.path(), fstype, true, kind.read_only_options()) {
         Ok(mount) => mount,
         // A filesystem that does not mount cannot be the root we want;
         // if it is the only candidate, the caller says why.
-        Err(_) => {
+        Err(e) => {
             device.close()?;
+            if let Some(refusal) = replay_refused(&e, display, p, kind) {
+                return Err(refusal);
+            }
             return Ok(match xfs_v4_refusal(raw, display, p, kind) {
                 Some(refusal) => Probed::Refused(refusal),
                 None => Probed::Missing { dangling: None },
@@ -692,6 +749,6 @@ mod tests {
             mount_options(FsKind::Btrfs, false, Some("root")),
             "rescue=nologreplay,subvol=root"
         );
-        assert_eq!(mount_options(FsKind::Xfs, false, None), "norecovery");
+        assert_eq!(mount_options(FsKind::Xfs, false, None), "");
     }
 }

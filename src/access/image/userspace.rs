@@ -19,6 +19,7 @@ use super::nbd::NbdSource;
 use super::open::{self, ImageInfo, OpenedImage, RootMarker};
 use super::partition::{self, Partition};
 use super::qcow2::Qcow2Source;
+use super::unclean;
 use crate::access::fs::{self, btrfs};
 use crate::access::root::Root;
 
@@ -84,7 +85,22 @@ pub fn open(
             Ok(window) => window,
             Err(e) => return Ok(Err(NeedsKernel(format!("partition {}: {e}", p.number)))),
         };
+        let pending = unclean::replay_pending(*kind, |buf, at| window.read_at(buf, at))
+            .with_context(|| format!("reading partition {} of {display}", p.number))?;
+        // Never the stale state: what cannot be replayed here is refused, not read past (nor
+        // left to the kernel, whose read-only mount does not replay either).
+        let refuse = |e: Option<&std::io::Error>| {
+            unclean::refusal(
+                &display,
+                p.number,
+                *kind,
+                &unclean::reader_cannot_replay(*kind, e),
+            )
+        };
         let loaded = if *kind == FsKind::Btrfs {
+            if pending == Some(true) {
+                return Err(refuse(None));
+            }
             btrfs::load_root(window, &display, p.number, Path::new(marker.path))?
         } else {
             match fs::reader_for(kind, window) {
@@ -100,6 +116,9 @@ pub fn open(
         };
         let (reader, subvolume) = match loaded {
             Ok(loaded) => loaded,
+            Err(e) if pending == Some(true) || fs::CannotReplay::is(&e) => {
+                return Err(refuse(Some(&e)));
+            }
             Err(e) => {
                 return Ok(Err(NeedsKernel(format!(
                     "partition {} ({}) could not be read in user space: {e}",
