@@ -263,7 +263,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             Ok(Outcome::Success)
         }
         Some(Command::Profiles) => {
-            report::profiles(out, &catalogue, cli.output.format)?;
+            let windows = crate::guest::cloudbase::profile::built_in();
+            report::profiles(out, &catalogue, &windows, cli.output.format)?;
             Ok(Outcome::Success)
         }
         Some(Command::Status { root }) => {

@@ -1095,6 +1095,20 @@ fn rootless_reads_agree_with_root_and_leave_the_image_as_it_was() {
                 "{format} {args:?} changed the image"
             );
         }
+        // A write needs root: said in one line, before anything is opened for writing.
+        for args in [&["--keep", "all"][..], &["doctor", "--fix"]] {
+            let args: Vec<&str> = args.iter().copied().chain([path]).collect();
+            let line = world.run_unprivileged(&args).one_error().to_string();
+            assert!(
+                line.contains("run prepare-image as root"),
+                "{args:?}: {line}"
+            );
+            assert_eq!(
+                sha256(&image),
+                original,
+                "{format} {args:?} changed the image"
+            );
+        }
         if read_in_user_space(format) {
             // Found as Windows, with the guide's bad values, by the user too.
             let user = world.run_unprivileged(&["doctor", "--format", "json", path]);

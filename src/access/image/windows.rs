@@ -77,6 +77,12 @@ impl WindowsImage {
     /// another run). The caller verifies that what it planned on is
     /// unchanged (the hive bytes, the conf texts) before writing.
     pub fn reopen_writable(&mut self) -> Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!(
+                "{}: writing a Windows image mounts it with ntfs-3g on a loop device, which needs root: run prepare-image as root (nothing written)",
+                self.display()
+            );
+        }
         if let Some(view) = self.view.take() {
             view.close()?;
         }
