@@ -316,7 +316,7 @@ fn clean_never_follows_a_link_out_of_the_root() {
 
 #[test]
 fn doctor_and_clean_find_an_image_root_without_cloud_cfg_by_os_release() {
-    use common_images::{MIB, copy_into, partition, path_str, sha256, sparse_file};
+    use common_images::{MIB, gpt_disk_around, path_str, sha256, sparse_file};
     let dir = tempfile::tempdir().unwrap();
     // A root without cloud-init, with a previous instance's state.
     let content = dir.path().join("content");
@@ -337,15 +337,7 @@ fn doctor_and_clean_find_an_image_root_without_cloud_cfg_by_os_release() {
         ],
     );
     let image = dir.path().join("disk.img");
-    sparse_file(&image, 3 * MIB + 32 * MIB);
-    partition(
-        &image,
-        "label: gpt\n\
-         start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649\n\
-         start=4096, size=65536, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n",
-        512,
-    );
-    copy_into(&image, 2 * MIB, &fs_file);
+    gpt_disk_around(&image, &fs_file);
     let before = sha256(&image);
 
     let (out, _) = run(&["doctor", "--format", "json"], &image, 4);

@@ -784,10 +784,13 @@ fn full_cycle(ctx: &Ctx, case: &Case) {
 }
 
 /// Which images the binary reads in user space (no root, no loop device, no mount): every
-/// filesystem here (ext4, XFS, btrfs) in raw and qcow2; vmdk, vhd and vhdx still need
-/// qemu-storage-daemon, the kernel's mount and so root.
+/// filesystem here (ext4, XFS, btrfs) in every format (raw by pread, qcow2 by imago, vmdk,
+/// vhd and vhdx over NBD from an unprivileged qemu-storage-daemon).
 fn read_in_user_space(format: Format) -> bool {
-    matches!(format, Format::Raw | Format::Qcow2)
+    matches!(
+        format,
+        Format::Raw | Format::Qcow2 | Format::Vmdk | Format::Vhd | Format::Vhdx
+    )
 }
 
 /// The read-only commands, as an unprivileged user: the same answer as root where the image is

@@ -351,10 +351,20 @@ impl TestFs {
 pub fn gpt_image_with(dir: &Path, fs: TestFs) -> PathBuf {
     let fs_file = fs.make(dir);
     let image = dir.join("disk.img");
-    sparse_file(&image, 3 * MIB + fs.size());
-    let sectors = fs.size() / 512;
+    gpt_disk_around(&image, &fs_file);
+    std::fs::remove_file(&fs_file).unwrap();
+    image
+}
+
+/// Makes `image` a GPT disk whose partition 2 (from 2 MiB) holds the
+/// filesystem in `fs_file`, after a 1 MiB BIOS boot partition 1, as the
+/// usual cloud image has them.
+pub fn gpt_disk_around(image: &Path, fs_file: &Path) {
+    let size = std::fs::metadata(fs_file).unwrap().len();
+    sparse_file(image, 3 * MIB + size);
+    let sectors = size / 512;
     partition(
-        &image,
+        image,
         &format!(
             "label: gpt\n\
              start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=\"bios\"\n\
@@ -362,9 +372,7 @@ pub fn gpt_image_with(dir: &Path, fs: TestFs) -> PathBuf {
         ),
         512,
     );
-    copy_into(&image, 2 * MIB, &fs_file);
-    std::fs::remove_file(&fs_file).unwrap();
-    image
+    copy_into(image, 2 * MIB, fs_file);
 }
 
 // ---------------------------------------------------------------------------

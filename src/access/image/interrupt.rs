@@ -65,7 +65,8 @@ pub fn check() -> Result<(), Interrupted> {
 
 /// Environment variable that makes a run stop at a named point until a signal
 /// arrives (at most [`PAUSE_LIMIT`]), so tests can interrupt it exactly there.
-/// Points: `attached` (loop device set up), `mounted`, `written`.
+/// Points: `served` (an NBD source connected), `attached` (loop device set
+/// up), `mounted`, `written`.
 pub const PAUSE_VARIABLE: &str = "PREPARE_IMAGE_PAUSE";
 const PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 

@@ -9,6 +9,7 @@ pub mod interrupt;
 pub mod inuse;
 pub mod loopdev;
 pub mod mount;
+pub mod nbd;
 pub mod open;
 pub mod partition;
 pub mod qcow2;

@@ -3,6 +3,7 @@
 //! device, mount) works on every format and the image keeps its own format.
 
 use std::io::Read as _;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::containment::Layer;
+use super::format::ImageFormat;
 
 pub const DAEMON: &str = "qemu-storage-daemon";
 /// Debian ships qemu-storage-daemon in qemu-utils (bookworm-backports and later).
@@ -55,43 +57,17 @@ impl RawView {
             dir,
             raw,
         };
-        let mut command = Command::new(DAEMON);
-        command
-            .arg("--blockdev")
-            .arg(blockdev(layers, writable)?.to_string())
-            .arg("--export")
-            .arg(format!(
+        let args = [
+            "--blockdev".to_string(),
+            blockdev(layers, writable)?.to_string(),
+            "--export".to_string(),
+            format!(
                 "type=fuse,id=raw,node-name={TOP_NODE},mountpoint={},writable={}",
                 qemu_escape(&view.raw),
                 if writable { "on" } else { "off" }
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            // Its own process group: a Ctrl-C at the terminal reaches only us,
-            // and we stop the daemon after releasing what sits on its export.
-            .process_group(0);
-        // If we die between fork and prctl, the death signal is never sent:
-        // compare the parent after setting it, and give up if it is gone.
-        let parent = nix::unistd::getpid();
-        // SAFETY: prctl and getppid are async-signal-safe and nothing here
-        // allocates; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
-                if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow!("{DAEMON} is needed for {} images but is not installed: install the Debian package {DAEMON_PACKAGE}", format.name())
-            } else {
-                anyhow!("starting {DAEMON}: {e}")
-            }
-        })?;
+            ),
+        ];
+        let child = spawn(&args, format)?;
         view.child = Some(child);
         view.wait_for_export(image)?;
         Ok(view)
@@ -103,30 +79,10 @@ impl RawView {
     }
 
     fn wait_for_export(&mut self, image: &Path) -> Result<()> {
-        let deadline = Instant::now() + EXPORT_TIMEOUT;
-        loop {
-            if is_mountpoint(&self.raw)? {
-                return Ok(());
-            }
-            let child = self.child.as_mut().expect("started");
-            if let Some(status) = child.try_wait()? {
-                let message = first_stderr_line(child);
-                self.child = None;
-                bail!(
-                    "{DAEMON} could not open {} ({status}): {message}",
-                    image.display(),
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{DAEMON} did not export {} within {:?}",
-                    image.display(),
-                    EXPORT_TIMEOUT
-                );
-            }
-            crate::access::image::interrupt::check()?;
-            std::thread::sleep(POLL);
-        }
+        let raw = self.raw.clone();
+        wait_until(&mut self.child, image, "export", || {
+            Ok(is_mountpoint(&raw)?.then_some(()))
+        })
     }
 
     /// Stops the daemon (it flushes the image and unmounts its export), then
@@ -136,23 +92,8 @@ impl RawView {
     }
 
     fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            // Exactly the daemon we started, by its PID.
-            let pid = Pid::from_raw(child.id() as i32);
-            let _ = kill(pid, Signal::SIGTERM);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            loop {
-                if child.try_wait()?.is_some() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    // Still there after a long grace period: end exactly it.
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(POLL);
-            }
+        if let Some(child) = self.child.take() {
+            stop_child(child)?;
         }
         if is_mountpoint(&self.raw).unwrap_or(false) {
             // The daemon is gone but its FUSE mount is not: detach it lazily
@@ -165,6 +106,187 @@ impl RawView {
 }
 
 impl Drop for RawView {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Starts `qemu-storage-daemon ARGS` as our child: in its own process group
+/// (a Ctrl-C at the terminal reaches only us, and we stop the daemon after
+/// releasing what uses it) and told by the kernel to stop (SIGTERM) if this
+/// process dies, so it never outlives us. Its stderr is piped, for
+/// [`first_stderr_line`].
+fn spawn(args: &[String], format: ImageFormat) -> Result<Child> {
+    let mut command = Command::new(DAEMON);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // If we die between fork and prctl, the death signal is never sent:
+    // compare the parent after setting it, and give up if it is gone.
+    let parent = nix::unistd::getpid();
+    // SAFETY: prctl and getppid are async-signal-safe and nothing here
+    // allocates; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow!("{DAEMON} is needed for {} images but is not installed: install the Debian package {DAEMON_PACKAGE}", format.name())
+        } else {
+            anyhow!("starting {DAEMON}: {e}")
+        }
+    })
+}
+
+/// Polls `ready` until it gives a value, while the daemon `child` runs:
+/// its first stderr line when it exits instead, an error after
+/// [`EXPORT_TIMEOUT`] or on Ctrl-C. `what` names the wait ("export").
+fn wait_until<T>(
+    child: &mut Option<Child>,
+    image: &Path,
+    what: &str,
+    mut ready: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + EXPORT_TIMEOUT;
+    loop {
+        if let Some(value) = ready()? {
+            return Ok(value);
+        }
+        let running = child.as_mut().expect("started");
+        if let Some(status) = running.try_wait()? {
+            let message = first_stderr_line(running);
+            *child = None;
+            bail!(
+                "{DAEMON} could not open {} ({status}): {message}",
+                image.display(),
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{DAEMON} did not {what} {} within {:?}",
+                image.display(),
+                EXPORT_TIMEOUT
+            );
+        }
+        crate::access::image::interrupt::check()?;
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Stops a daemon we started: SIGTERM to exactly its PID (it flushes and
+/// exits), then, after a long grace period, SIGKILL to exactly it.
+fn stop_child(mut child: Child) -> Result<()> {
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The name of the socket an [`NbdServer`] listens on, inside its private
+/// directory (`tempdirs::sweep_stale` knows it).
+pub const NBD_SOCKET: &str = "nbd.sock";
+/// The export's name on that socket.
+pub const NBD_EXPORT: &str = "image";
+
+/// A running qemu-storage-daemon serving the image read-only over NBD on a
+/// unix socket in a private (0700) directory: the raw bytes of any format
+/// qemu reads, for an unprivileged user (no FUSE, no mount namespace).
+/// The daemon accepts one connection, ours.
+#[derive(Debug)]
+pub struct NbdServer {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl NbdServer {
+    /// Starts the daemon on `layers` (read-only, every file named, as for
+    /// [`RawView`]) and returns it with a connected stream.
+    pub fn start(layers: &[Layer]) -> Result<(NbdServer, UnixStream)> {
+        let (image, format) = match layers.first() {
+            Some(top) => (top.path.as_path(), top.format),
+            None => bail!("no image given to {DAEMON}"),
+        };
+        super::tempdirs::sweep_stale();
+        let dir = super::tempdirs::create("nbd")?;
+        let socket = dir.join(NBD_SOCKET);
+        let mut server = NbdServer {
+            child: None,
+            dir,
+            socket,
+        };
+        // sun_path holds 108 bytes with its NUL: a long $TMPDIR cannot host the socket.
+        if server.socket.as_os_str().len() >= 108 {
+            bail!(
+                "the temp directory path {} is too long for a unix socket: set TMPDIR to a shorter directory",
+                server.dir.display()
+            );
+        }
+        let args = [
+            "--blockdev".to_string(),
+            blockdev(layers, false)?.to_string(),
+            "--nbd-server".to_string(),
+            format!(
+                "addr.type=unix,addr.path={},max-connections=1",
+                qemu_escape(&server.socket)
+            ),
+            "--export".to_string(),
+            format!("type=nbd,id=nbd,node-name={TOP_NODE},name={NBD_EXPORT},writable=off"),
+        ];
+        server.child = Some(spawn(&args, format)?);
+        let stream = server.connect(image)?;
+        Ok((server, stream))
+    }
+
+    fn connect(&mut self, image: &Path) -> Result<UnixStream> {
+        let socket = self.socket.clone();
+        wait_until(&mut self.child, image, "serve", || {
+            match UnixStream::connect(&socket) {
+                Ok(stream) => Ok(Some(stream)),
+                // Not listening yet.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => bail!("connecting to {DAEMON} for {}: {e}", image.display()),
+            }
+        })
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        if let Some(child) = self.child.take() {
+            stop_child(child)?;
+        }
+        // qemu removes its socket on a clean exit; after a SIGKILL it stays.
+        let _ = std::fs::remove_file(&self.socket);
+        std::fs::remove_dir(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+    }
+}
+
+impl Drop for NbdServer {
     fn drop(&mut self) {
         let _ = self.stop();
     }
@@ -260,7 +382,6 @@ pub(super) fn first_stderr_line(child: &mut Child) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access::image::format::ImageFormat;
 
     fn layer(path: &str, format: ImageFormat) -> Layer {
         Layer {

@@ -4,10 +4,11 @@
 //! A run removes its own on every way out it can see, but a SIGKILL leaves
 //! them (empty: the mounts died with the run's private mount namespace). So
 //! each image run first removes the empty ones whose run is gone. Only
-//! `rmdir` and the removal of an empty regular file are used: nothing with
-//! content is ever deleted.
+//! `rmdir` and the removal of an empty regular file or of a socket are used:
+//! nothing with content is ever deleted.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -56,6 +57,11 @@ pub fn sweep_stale() {
         let placeholder = dir.join("raw");
         if std::fs::symlink_metadata(&placeholder).is_ok_and(|m| m.is_file() && m.len() == 0) {
             let _ = std::fs::remove_file(&placeholder);
+        }
+        // An NBD server's socket, left when the daemon was killed: not content.
+        let socket = dir.join(super::qemu::NBD_SOCKET);
+        if std::fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&socket);
         }
         let _ = std::fs::remove_dir(&dir);
     }

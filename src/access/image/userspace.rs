@@ -15,6 +15,7 @@ use super::containment;
 use super::format::{self, ImageFormat};
 use super::fstype::FsKind;
 use super::interrupt;
+use super::nbd::NbdSource;
 use super::open::{self, ImageInfo, OpenedImage, RootMarker};
 use super::partition::{self, Partition};
 use super::qcow2::Qcow2Source;
@@ -29,30 +30,27 @@ pub struct NeedsKernel(pub String);
 /// kernel is needed; the outer error refuses the image outright.
 type Loaded = std::result::Result<(Root, Option<String>), NeedsKernel>;
 
-/// The disk as a guest sees it, for `format`: `Err(NeedsKernel)` when no user-space source
-/// reads it. Backing files only as `containment` allows (refusals are errors, as for qemu).
+/// The disk as a guest sees it, for `format`: raw by `pread`, qcow2 by imago, and every
+/// other format (or a qcow2 imago refuses, e.g. zstd-compressed) over NBD from our own
+/// qemu-storage-daemon. Backing files only as `containment` allows (refusals are errors).
+/// `Err(NeedsKernel)` is kept for the readers' sake: no format needs the kernel now.
 pub fn block_source(
     path: &Path,
     file: File,
     format: ImageFormat,
     allow_backing: bool,
 ) -> Result<std::result::Result<Arc<dyn BlockSource>, NeedsKernel>> {
-    match format {
-        ImageFormat::Raw => Ok(Ok(Arc::new(FileSource::new(file)?))),
-        ImageFormat::Qcow2 => {
-            let layers = containment::layers(path, &file, format, allow_backing)?;
-            match fs::guarded("opening qcow2", || Qcow2Source::open(file, &layers)) {
-                Ok(source) => Ok(Ok(Arc::new(source))),
-                Err(e) => Ok(Err(NeedsKernel(format!(
-                    "the qcow2 reader refuses it ({e})"
-                )))),
-            }
-        }
-        _ => Ok(Err(NeedsKernel(format!(
-            "{} images are not read in user space yet",
-            format.name()
-        )))),
+    if format == ImageFormat::Raw {
+        return Ok(Ok(Arc::new(FileSource::new(file)?)));
     }
+    let layers = containment::layers(path, &file, format, allow_backing)?;
+    // What imago refuses, qemu reads.
+    if format == ImageFormat::Qcow2
+        && let Ok(source) = fs::guarded("opening qcow2", || Qcow2Source::open(file, &layers))
+    {
+        return Ok(Ok(Arc::new(source)));
+    }
+    Ok(Ok(Arc::new(NbdSource::start(&layers)?)))
 }
 
 /// Opens `path` read-only in user space and finds its root partition as `open::open` does.
