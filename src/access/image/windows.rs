@@ -30,7 +30,9 @@ pub struct WindowsImage {
     pub layout: Layout,
     /// Every partition's filesystem, in layout order.
     pub kinds: Vec<(Partition, FsKind)>,
-    pub volume: NtfsVolume<Cursor>,
+    /// `None` only once a reopen for writing has failed: then the image
+    /// is only closed.
+    volume: Option<NtfsVolume<Cursor>>,
     /// The system partition.
     pub partition: Partition,
     raw_path: PathBuf,
@@ -48,10 +50,18 @@ impl WindowsImage {
         )
     }
 
+    /// The system volume, read through the image's block source.
+    pub fn volume(&mut self) -> &mut NtfsVolume<Cursor> {
+        self.volume
+            .as_mut()
+            .expect("a WindowsImage whose reopen failed is only closed")
+    }
+
     /// Refuses a volume Windows left unfinished (dirty, hibernated, unclean
     /// log): one line naming what was found and what to do.
     pub fn refuse_unfinished(&mut self) -> Result<()> {
-        let found = self.volume.unfinished().with_context(|| self.display())?;
+        let display = self.display();
+        let found = self.volume().unfinished().with_context(|| display)?;
         if found.is_empty() {
             return Ok(());
         }
@@ -75,7 +85,8 @@ impl WindowsImage {
     /// read-write may touch the image file even when nothing is written),
     /// and the image is checked again for other users (a VM, a loop device,
     /// another run). The caller verifies that what it planned on is
-    /// unchanged (the hive bytes, the conf texts) before writing.
+    /// unchanged (the hive bytes, the conf texts) before writing. After an
+    /// error the image is only closed.
     pub fn reopen_writable(&mut self) -> Result<()> {
         if !nix::unistd::geteuid().is_root() {
             bail!(
@@ -83,6 +94,9 @@ impl WindowsImage {
                 self.display()
             );
         }
+        // Our reads let go of the image first: a qemu-storage-daemon serving
+        // them (NBD) holds qemu's lock on it, which a writer cannot share.
+        self.volume = None;
         if let Some(view) = self.view.take() {
             view.close()?;
         }
@@ -183,7 +197,7 @@ pub fn probe(
         info,
         layout,
         kinds,
-        volume,
+        volume: Some(volume),
         partition: chosen,
         raw_path,
         view,
