@@ -263,10 +263,22 @@ pub fn run(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write, style: Style) ->
             Ok(Outcome::Success)
         }
         Some(Command::Profiles) => {
-            report::profiles(out, &catalogue, cli.output.format)?;
+            let windows = crate::guest::cloudbase::profile::built_in();
+            report::profiles(out, &catalogue, &windows, cli.output.format)?;
             Ok(Outcome::Success)
         }
         Some(Command::Status { root }) => {
+            // A Windows image: Cloudbase-Init's view, as --keep plans it.
+            if is_image(&root.target)
+                && let Some(win) = crate::access::image::windows::probe(
+                    &root.target,
+                    root.partition,
+                    root.allow_backing,
+                    false,
+                )?
+            {
+                return keep_windows::status(win, cli, out);
+            }
             let target = Target::open(
                 &root.target,
                 false,
@@ -375,7 +387,7 @@ fn keep(
     {
         return Err(anyhow!(UsageError(e.to_string())));
     }
-    let is_image = std::fs::metadata(&args.root.target).is_ok_and(|m| m.is_file());
+    let is_image = is_image(&args.root.target);
     // A Windows image (found as doctor finds it) keeps through Cloudbase-Init's conf files.
     if is_image
         && let Some(win) = crate::access::image::windows::probe(
@@ -513,6 +525,11 @@ fn keep(
         })
     })();
     finish(target, result)
+}
+
+/// Whether `target` is an image file (else a directory root).
+pub(crate) fn is_image(target: &std::path::Path) -> bool {
+    std::fs::metadata(target).is_ok_and(|m| m.is_file())
 }
 
 fn changed_paths(plan: &Plan, cleaned: bool) -> String {

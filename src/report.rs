@@ -15,6 +15,7 @@ use similar::TextDiff;
 
 use crate::access::image::open::ImageInfo;
 use crate::cli::Format;
+use crate::guest::cloudbase::profile::WindowsProfile;
 use crate::guest::cloudinit::effective::SettingState;
 use crate::guest::cloudinit::plan::{FilePlan, Plan};
 use crate::guest::cloudinit::profile::{Condition, Profile, Warning};
@@ -518,35 +519,71 @@ pub fn status(
     Ok(())
 }
 
-pub fn profiles(out: &mut dyn Write, catalogue: &[Profile], format: Format) -> Result<()> {
+/// The guest a profile is for, as `profiles` names it (JSON `guest`, and
+/// a `guest:` line in text).
+const LINUX_GUEST: (&str, &str) = ("linux", "Linux (cloud-init)");
+const WINDOWS_GUEST: (&str, &str) = ("windows", "Windows (Cloudbase-Init)");
+
+/// `prepare-image profiles`: the Linux profiles (built-in and from
+/// --profile-file), then the Windows ones, each saying which guest it is for.
+pub fn profiles(
+    out: &mut dyn Write,
+    catalogue: &[Profile],
+    windows: &[WindowsProfile],
+    format: Format,
+) -> Result<()> {
+    let warning_json =
+        |w: &Warning| json!({"id": w.id, "text": w.text, "when": condition_text(&w.condition)});
     if format == Format::Json {
-        let doc = json!({
-            "version": JSON_SCHEMA_VERSION,
-            "profiles": catalogue.iter().map(|p| json!({
+        let linux = catalogue.iter().map(|p| {
+            json!({
                 "name": p.name,
                 "summary": p.summary,
                 "source": p.source,
+                "guest": LINUX_GUEST.0,
                 "edits": p.edits.iter().map(|e| json!({
                     "edit": e.edit.to_string(),
-                    "warnings": e.warnings.iter().map(|w| json!({"id": w.id, "text": w.text, "when": condition_text(&w.condition)})).collect::<Vec<_>>(),
+                    "warnings": e.warnings.iter().map(warning_json).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
-                "warnings": p.warnings.iter().map(|w| json!({"id": w.id, "text": w.text, "when": condition_text(&w.condition)})).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
+                "warnings": p.warnings.iter().map(warning_json).collect::<Vec<_>>(),
+            })
+        });
+        let windows = windows.iter().map(|p| json!({
+            "name": p.name,
+            "summary": p.summary,
+            "source": p.source,
+            "guest": WINDOWS_GUEST.0,
+            "edits": windows_edits(p).iter().map(|e| json!({"edit": e, "warnings": []})).collect::<Vec<_>>(),
+            "warnings": p.warnings.iter().map(warning_json).collect::<Vec<_>>(),
+            "not_applicable": p.not_applicable,
+            "in_all": !p.by_name_only,
+        }));
+        let doc = json!({
+            "version": JSON_SCHEMA_VERSION,
+            "profiles": linux.chain(windows).collect::<Vec<_>>(),
         });
         serde_json::to_writer_pretty(&mut *out, &doc)?;
         writeln!(out)?;
         return Ok(());
     }
-    for (i, p) in catalogue.iter().enumerate() {
-        if i > 0 {
-            writeln!(out)?;
-        }
-        let source = if p.source == "built-in" {
-            String::new()
-        } else {
-            format!(" (from {})", p.source)
+    let mut first = true;
+    let mut headline =
+        |out: &mut dyn Write, name: &str, summary: &str, source: &str, guest: &str| -> Result<()> {
+            if !first {
+                writeln!(out)?;
+            }
+            first = false;
+            let source = if source == "built-in" {
+                String::new()
+            } else {
+                format!(" (from {source})")
+            };
+            writeln!(out, "{name}: {summary}{source}")?;
+            writeln!(out, "  guest: {guest}")?;
+            Ok(())
         };
-        writeln!(out, "{}: {}{source}", p.name, p.summary)?;
+    for p in catalogue {
+        headline(out, &p.name, &p.summary, &p.source, LINUX_GUEST.1)?;
         for e in &p.edits {
             writeln!(out, "  edit: {}", e.edit)?;
             for w in &e.warnings {
@@ -562,7 +599,37 @@ pub fn profiles(out: &mut dyn Write, catalogue: &[Profile], format: Format) -> R
             writeln!(out, "  note: {}{}", w.text, condition_suffix(&w.condition))?;
         }
     }
+    for p in windows {
+        headline(out, &p.name, &p.summary, &p.source, WINDOWS_GUEST.1)?;
+        if let Some(why) = &p.not_applicable {
+            writeln!(out, "  not applicable: {why}")?;
+        }
+        for e in windows_edits(p) {
+            writeln!(out, "  edit: {e}")?;
+        }
+        for w in &p.warnings {
+            writeln!(out, "  note: {}", w.text)?;
+        }
+        if p.by_name_only {
+            writeln!(
+                out,
+                "  note: only when named: --keep all does not include it"
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// What a Windows profile edits, one line per plugin it drops.
+fn windows_edits(p: &WindowsProfile) -> Vec<String> {
+    p.drop
+        .iter()
+        .map(|class| {
+            format!(
+                "drop {class} from plugins= (cloudbase-init.conf, and cloudbase-init-unattend.conf where present)"
+            )
+        })
+        .collect()
 }
 
 /// A file's changes in line order (the plan lists them in profile order).

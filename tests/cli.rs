@@ -41,6 +41,11 @@ const BUILT_INS: [&str; 8] = [
     "keys",
     "network",
 ];
+/// The Windows profiles (profiles/windows/), as `profiles` lists them after the Linux ones:
+/// the same eight names, then the Windows-only user-scripts.
+fn windows_built_ins() -> Vec<&'static str> {
+    BUILT_INS.iter().copied().chain(["user-scripts"]).collect()
+}
 /// A drop-in that decides preserve_hostname over cloud.cfg, so `--keep hostname` edits it.
 const HOST_DROP_IN: &str = "etc/cloud/cloud.cfg.d/50_host.cfg";
 
@@ -1189,13 +1194,43 @@ fn profiles_json_lists_the_built_ins() {
     let doc = out.json();
     assert_keys(&doc, &["version", "profiles"]);
     let profiles = doc["profiles"].as_array().unwrap();
-    let names: Vec<&str> = profiles
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, BUILT_INS);
-    for p in profiles {
-        assert_keys(p, &["name", "summary", "source", "edits", "warnings"]);
+    let names = |guest: &str| -> Vec<&str> {
+        profiles
+            .iter()
+            .filter(|p| p["guest"] == guest)
+            .map(|p| p["name"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(names("linux"), BUILT_INS);
+    assert_eq!(names("windows"), windows_built_ins());
+    assert_eq!(profiles.len(), BUILT_INS.len() + windows_built_ins().len());
+    for p in &profiles[BUILT_INS.len()..] {
+        assert_keys(
+            p,
+            &[
+                "name",
+                "summary",
+                "source",
+                "guest",
+                "edits",
+                "warnings",
+                "not_applicable",
+                "in_all",
+            ],
+        );
+        // Either it drops plugins, or it says why it does not apply.
+        assert_ne!(
+            p["edits"].as_array().unwrap().is_empty(),
+            p["not_applicable"].is_null(),
+            "{p}"
+        );
+        assert_eq!(p["in_all"], p["name"] != "user-scripts", "{p}");
+    }
+    for p in &profiles[..BUILT_INS.len()] {
+        assert_keys(
+            p,
+            &["name", "summary", "source", "guest", "edits", "warnings"],
+        );
         assert_eq!(p["source"], "built-in");
         assert!(!p["edits"].as_array().unwrap().is_empty(), "{p}");
     }
@@ -1401,7 +1436,7 @@ fn profile_file_adds_a_user_profile() {
     out.code(0);
     assert!(
         out.stdout.contains(&format!(
-            "mine: Keep the disk size the image was built with. (from {file_arg})\n  edit: remove module growpart from every module list\n"
+            "mine: Keep the disk size the image was built with. (from {file_arg})\n  guest: Linux (cloud-init)\n  edit: remove module growpart from every module list\n"
         )),
         "{}",
         out.stdout
@@ -2028,14 +2063,38 @@ fn status_lists_every_setting_with_the_deciding_line() {
 }
 
 #[test]
-fn profiles_lists_the_eight_with_edits_and_warnings() {
+fn profiles_lists_the_linux_eight_then_the_windows_nine_with_edits_and_warnings() {
     let out = run(&["profiles"]);
     out.code(0);
     assert_eq!(out.stderr, "");
     let blocks: Vec<&str> = out.stdout.split("\n\n").collect();
-    assert_eq!(blocks.len(), 8, "{}", out.stdout);
+    assert_eq!(blocks.len(), 8 + 9, "{}", out.stdout);
+    let (blocks, windows) = blocks.split_at(8);
+    for (block, name) in windows.iter().zip(windows_built_ins()) {
+        assert!(
+            block.starts_with(&format!("{name}: "))
+                && block.contains("\n  guest: Windows (Cloudbase-Init)\n"),
+            "{block}"
+        );
+    }
+    assert!(
+        windows[0].contains("\n  edit: drop SetHostNamePlugin from plugins="),
+        "{}",
+        windows[0]
+    );
+    assert!(
+        windows[1].contains("\n  not applicable: Cloudbase-Init never writes the hosts file"),
+        "{}",
+        windows[1]
+    );
+    assert!(
+        windows[8].ends_with("--keep all does not include it\n"),
+        "{}",
+        windows[8]
+    );
     for (block, name) in blocks.iter().zip(BUILT_INS) {
         assert!(block.starts_with(&format!("{name}: ")), "{block}");
+        assert!(block.contains("\n  guest: Linux (cloud-init)\n"), "{block}");
         assert!(block.contains("\n  edit: "), "{block}");
         assert!(
             block.contains("\n  note: vendor data and user data"),

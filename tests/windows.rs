@@ -12,6 +12,7 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 mod common_hive;
+mod common_images;
 mod judge;
 
 use assert_cmd::Command;
@@ -1019,4 +1020,211 @@ fn keep_refuses_an_image_another_process_writes() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(sha256(&image), original);
+}
+
+// ---------------------------------------------------------------------------
+// Rootless: the read-only commands read a Windows image in user space, as
+// an unprivileged user (no loop device, no mount, no qemu view).
+
+/// `image` (raw) and its qcow2 and vhdx wrappers, beside it.
+fn wrapped(image: &Path) -> Vec<(&'static str, PathBuf)> {
+    let mut images = vec![("raw", image.to_path_buf())];
+    for format in ["qcow2", "vhdx"] {
+        let wrapped = image.with_extension(format);
+        run_ok(
+            Process::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", format])
+                .arg(image)
+                .arg(&wrapped),
+        );
+        images.push((format, wrapped));
+    }
+    images
+}
+
+/// The exit code each read-only command must end with on the guide's bad
+/// hives with the installer's conf: doctor finds errors (4), a keep of all
+/// is pending (3), the rest succeed.
+const READ_ONLY: [(&[&str], i32); 7] = [
+    (&["doctor"], 4),
+    (&["doctor", "--format", "json"], 4),
+    (&["--keep", "all", "--check"], 3),
+    (&["--keep", "all", "--check", "--format", "json"], 3),
+    (&["--keep", "all", "--dry-run"], 0),
+    (&["status"], 0),
+    (&["status", "--format", "json"], 0),
+];
+
+#[test]
+fn rootless_reads_agree_with_root_and_leave_the_image_as_it_was() {
+    let world = common_images::Scratch::new();
+    let (system, software) = bad_hives();
+    let volume = ntfs_volume(world.dir.path(), &windows_with(&system, &software, true));
+    let image = disk(world.dir.path(), &volume, "dos");
+    for (format, image) in wrapped(&image) {
+        let path = image.to_str().unwrap();
+        let original = sha256(&image);
+        for (args, code) in READ_ONLY {
+            let args: Vec<&str> = args.iter().copied().chain([path]).collect();
+            // Every format has a user-space block source (raw by pread, qcow2 by
+            // imago, vhdx over NBD): the same answer as root.
+            let user = world.run_unprivileged(&args);
+            let root = world.run(&args);
+            assert_eq!(user.code, Some(code), "{format} {args:?}: {user:?}");
+            assert_eq!(
+                (user.code, &user.stdout, &user.stderr),
+                (root.code, &root.stdout, &root.stderr),
+                "{format} {args:?}"
+            );
+            assert_eq!(
+                sha256(&image),
+                original,
+                "{format} {args:?} changed the image"
+            );
+        }
+        // A write needs root: said in one line, before anything is opened for writing.
+        for args in [&["--keep", "all"][..], &["doctor", "--fix"]] {
+            let args: Vec<&str> = args.iter().copied().chain([path]).collect();
+            let line = world.run_unprivileged(&args).one_error().to_string();
+            assert!(
+                line.contains("run prepare-image as root"),
+                "{args:?}: {line}"
+            );
+            assert_eq!(
+                sha256(&image),
+                original,
+                "{format} {args:?} changed the image"
+            );
+        }
+        // Found as Windows, with the guide's bad values, by the user too.
+        let user = world.run_unprivileged(&["doctor", "--format", "json", path]);
+        let report: Value = serde_json::from_str(&user.stdout).unwrap();
+        assert_eq!(report["image"]["format"], format);
+        assert_eq!(report["image"]["filesystem"], "ntfs");
+        let found = ids(&report);
+        for id in BAD_IDS {
+            assert!(
+                found.contains(&id.to_string()),
+                "{format}: {id} in {found:?}"
+            );
+        }
+    }
+    assert!(world.processes().is_empty(), "{:?}", world.processes());
+}
+
+/// Each setting of `status --format json` with its state, in order.
+fn states(doc: &Value) -> Vec<(String, String)> {
+    doc["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["setting"].as_str().unwrap().to_string(),
+                s["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every Windows profile in `profiles/windows/` order, `overwritten` or kept.
+fn expected(overwritten: &[&str]) -> Vec<(String, String)> {
+    let names: Vec<String> = prepare_image::guest::cloudbase::profile::built_in()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names.len(), 9, "{names:?}");
+    names
+        .into_iter()
+        .map(|n| {
+            let state = if overwritten.contains(&n.as_str()) {
+                "overwritten"
+            } else {
+                "kept"
+            };
+            (n, state.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn status_says_what_cloudbase_init_overwrites_and_a_keep_flips_it() {
+    let world = common_images::Scratch::new();
+    let image = windows_with_cloudbase(world.dir.path());
+    // vhdx: read over NBD, whose qemu-storage-daemon must let go of the
+    // image before the keep's writable view can lock it.
+    for (_, image) in wrapped(&image) {
+        let path = image.to_str().unwrap();
+        let original = sha256(&image);
+        let status = |world: &common_images::Scratch| {
+            let user = world.run_unprivileged(&["status", "--format", "json", path]);
+            assert_eq!(user.code, Some(0), "{user:?}");
+            let doc: Value = serde_json::from_str(&user.stdout).unwrap();
+            // The Linux status's shape.
+            let mut keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
+            keys.sort();
+            assert_eq!(
+                keys,
+                ["ignored_files", "image", "root", "settings", "version"],
+                "{doc}"
+            );
+            assert_eq!(doc["image"]["filesystem"], "ntfs");
+            doc
+        };
+        let before = status(&world);
+        assert_eq!(sha256(&image), original, "status changed {path}");
+        // Cloudbase-Init's installer conf runs every default plugin: only
+        // what no plugin touches (hosts, repos) is kept.
+        let overwritten = [
+            "hostname",
+            "dns",
+            "ntp",
+            "passwords",
+            "keys",
+            "network",
+            "user-scripts",
+        ];
+        assert_eq!(states(&before), expected(&overwritten), "{path}");
+        // Why, with the deciding file: the service's conf runs the defaults.
+        let hostname = &before["settings"][0];
+        assert!(
+            hostname["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["file"] == CONF
+                    && r["overwrites"] == true
+                    && r["text"]
+                        .as_str()
+                        .unwrap()
+                        .contains("SetHostNamePlugin runs")),
+            "{hostname}"
+        );
+        let text = world.run_unprivileged(&["status", path]);
+        assert!(
+            text.stdout.starts_with(&format!("image: {path} (")),
+            "{}",
+            text.stdout
+        );
+        assert!(
+            text.stdout
+                .lines()
+                .any(|l| l.starts_with("hostname") && l.contains("  overwritten  ")),
+            "{}",
+            text.stdout
+        );
+
+        // Root keeps all (the guide's eight); user-scripts still runs.
+        let root = world.run(&["--keep", "all", path]);
+        assert_eq!(root.code, Some(0), "{root:?}");
+        let after = status(&world);
+        assert_eq!(states(&after), expected(&["user-scripts"]), "{path}");
+        let root = world.run(&["status", "--format", "json", path]);
+        assert_eq!(
+            serde_json::from_str::<Value>(&root.stdout).unwrap(),
+            after,
+            "root and the user see the same"
+        );
+    }
+    assert!(world.processes().is_empty(), "{:?}", world.processes());
 }

@@ -28,7 +28,7 @@ pub(super) fn run(
     // leftovers can be cleaned whatever its cloud.cfg. An image is mounted
     // read-write only when there is something to remove (a read-write mount
     // alone changes the image file); a refusal comes from the read-only look.
-    let is_image = std::fs::metadata(&args.root.target).is_ok_and(|m| m.is_file());
+    let is_image = super::is_image(&args.root.target);
     let open = |writable: bool, partition: Option<u32>| {
         Target::open(
             &args.root.target,

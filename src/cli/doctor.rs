@@ -34,7 +34,7 @@ pub(super) fn run(
     // exactly what doctor must diagnose.
     // An image is mounted read-write only when --fix has something to write:
     // a read-write mount alone changes the image file.
-    let is_image = std::fs::metadata(&args.root.target).is_ok_and(|m| m.is_file());
+    let is_image = super::is_image(&args.root.target);
     if is_image
         && let Some(win) = windows::probe(
             &args.root.target,

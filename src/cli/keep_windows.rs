@@ -35,14 +35,7 @@ pub(super) fn run(
                     .to_string()
             )));
         }
-        if !cli.output.profile_file.is_empty() {
-            return Err(anyhow!(UsageError(
-                "--profile-file profiles edit cloud-init's files on a Linux image; a Windows \
-                 image keeps with the built-in Windows profiles (prepare-image profiles lists \
-                 the Linux ones; profiles/windows/ the Windows ones)"
-                    .to_string()
-            )));
-        }
+        refuse_profile_files(cli)?;
         let catalogue = profile::built_in();
         let selected = select(&catalogue, args.keep.as_deref().unwrap_or_default())
             .map_err(|e| anyhow!(UsageError(e.to_string())))?;
@@ -57,14 +50,10 @@ pub(super) fn run(
         };
         let _ = interrupt::pause_point("written");
         let names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
-        let target = TargetDescription {
-            path: win.info.path.clone(),
-            image: Some(win.info.clone()),
-        };
         let reported = report::keep_view(
             out,
             err,
-            &target,
+            &describe(&win),
             plan.view(),
             &names,
             mode,
@@ -92,6 +81,46 @@ pub(super) fn run(
     let outcome = result?;
     closed?;
     Ok(outcome)
+}
+
+/// `--profile-file` profiles are cloud-init's: a usage error on a Windows image.
+fn refuse_profile_files(cli: &Cli) -> Result<()> {
+    if cli.output.profile_file.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow!(UsageError(
+        "--profile-file profiles edit cloud-init's files on a Linux image; a Windows \
+         image keeps with the built-in Windows profiles (prepare-image profiles lists \
+         both)"
+            .to_string()
+    )))
+}
+
+/// `prepare-image status WINDOWS-IMAGE`: per Windows profile, whether
+/// Cloudbase-Init keeps its setting at first boot or overwrites it, as the
+/// keep's planner reads the live install's conf files; the same text and
+/// JSON as a Linux image's status. Releases `win` on every path.
+pub(super) fn status(mut win: WindowsImage, cli: &Cli, out: &mut dyn Write) -> Result<Outcome> {
+    let result = (|| -> Result<Outcome> {
+        refuse_profile_files(cli)?;
+        let catalogue = profile::built_in();
+        let every: Vec<_> = catalogue.iter().collect();
+        let files = diagnose::keep_files(&mut win)?;
+        let states = plan::states(&files, &every)?;
+        report::status(out, &describe(&win), &states, &[], cli.output.format)?;
+        Ok(Outcome::Success)
+    })();
+    let closed = win.close();
+    let outcome = result?;
+    closed?;
+    Ok(outcome)
+}
+
+fn describe(win: &WindowsImage) -> TargetDescription {
+    TargetDescription {
+        path: win.info.path.clone(),
+        image: Some(win.info.clone()),
+    }
 }
 
 /// Mounts the volume read-write (the caller's plan already refused one

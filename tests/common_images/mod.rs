@@ -512,17 +512,31 @@ impl Scratch {
         mode(&binary, 0o755);
         mode(self.dir.path(), 0o755);
         mode(&self.tmp, 0o1777);
-        let out = Command::new("setpriv")
-            .arg(format!("--reuid={UNPRIVILEGED}"))
-            .arg(format!("--regid={UNPRIVILEGED}"))
-            .args(["--clear-groups", "--"])
-            .arg(&binary)
-            .args(args)
-            .env("TMPDIR", &self.tmp)
-            .env_remove("PREPARE_IMAGE_PAUSE")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap_or_else(|e| spawn_error("setpriv", e));
+        let run = || {
+            Command::new("setpriv")
+                .arg(format!("--reuid={UNPRIVILEGED}"))
+                .arg(format!("--regid={UNPRIVILEGED}"))
+                .args(["--clear-groups", "--"])
+                .arg(&binary)
+                .args(args)
+                .env("TMPDIR", &self.tmp)
+                .env_remove("PREPARE_IMAGE_PAUSE")
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap_or_else(|e| spawn_error("setpriv", e))
+        };
+        let mut out = run();
+        // Just after the copy, a child another test thread forked (before its
+        // exec) may still hold the copy's write descriptor: ETXTBSY, briefly.
+        for _ in 0..50 {
+            let busy = out.status.code() == Some(126)
+                && String::from_utf8_lossy(&out.stderr).contains("Text file busy");
+            if !busy {
+                break;
+            }
+            sleep(Duration::from_millis(20));
+            out = run();
+        }
         Output {
             code: out.status.code(),
             stdout: String::from_utf8(out.stdout).unwrap(),

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use super::block::{Cursor, FileSource, Window};
+use super::block::{BlockSource, Cursor, FileSource, Window};
 use super::containment;
 use super::format::{self, ImageFormat};
-use super::fstype::{self, FsKind};
+use super::fstype::FsKind;
+use super::interrupt;
 use super::loopdev::LoopDevice;
 use super::open::ImageInfo;
 use super::partition::{self, Layout, Partition};
@@ -29,7 +30,9 @@ pub struct WindowsImage {
     pub layout: Layout,
     /// Every partition's filesystem, in layout order.
     pub kinds: Vec<(Partition, FsKind)>,
-    pub volume: NtfsVolume<Cursor>,
+    /// `None` only once a reopen for writing has failed: then the image
+    /// is only closed.
+    volume: Option<NtfsVolume<Cursor>>,
     /// The system partition.
     pub partition: Partition,
     raw_path: PathBuf,
@@ -47,10 +50,18 @@ impl WindowsImage {
         )
     }
 
+    /// The system volume, read through the image's block source.
+    pub fn volume(&mut self) -> &mut NtfsVolume<Cursor> {
+        self.volume
+            .as_mut()
+            .expect("a WindowsImage whose reopen failed is only closed")
+    }
+
     /// Refuses a volume Windows left unfinished (dirty, hibernated, unclean
     /// log): one line naming what was found and what to do.
     pub fn refuse_unfinished(&mut self) -> Result<()> {
-        let found = self.volume.unfinished().with_context(|| self.display())?;
+        let display = self.display();
+        let found = self.volume().unfinished().with_context(|| display)?;
         if found.is_empty() {
             return Ok(());
         }
@@ -74,8 +85,18 @@ impl WindowsImage {
     /// read-write may touch the image file even when nothing is written),
     /// and the image is checked again for other users (a VM, a loop device,
     /// another run). The caller verifies that what it planned on is
-    /// unchanged (the hive bytes, the conf texts) before writing.
+    /// unchanged (the hive bytes, the conf texts) before writing. After an
+    /// error the image is only closed.
     pub fn reopen_writable(&mut self) -> Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!(
+                "{}: writing a Windows image mounts it with ntfs-3g on a loop device, which needs root: run prepare-image as root (nothing written)",
+                self.display()
+            );
+        }
+        // Our reads let go of the image first: a qemu-storage-daemon serving
+        // them (NBD) holds qemu's lock on it, which a writer cannot share.
+        self.volume = None;
         if let Some(view) = self.view.take() {
             view.close()?;
         }
@@ -99,8 +120,15 @@ impl WindowsImage {
 /// Opens `path` read-only and looks for Windows: `None` when no NTFS
 /// partition holds `Windows/System32/config/SYSTEM` (not a Windows image).
 /// `partition` chooses the system partition when several hold it.
-/// `writable` makes a non-raw image's qemu view writable, for a later
-/// [`NtfsWriteMount`]; the reads here never write.
+///
+/// Reads go through the user-space block source of the image's format
+/// (`userspace::block_source`: no root, no loop device, no mount), the same
+/// one the Linux path reads through. Only `writable` (a write is about to
+/// follow, through [`NtfsWriteMount`]) reads through qemu-storage-daemon's
+/// raw view, which the write then uses; and a root user falls back to a
+/// read-only view where no user-space source reads the format yet. Without
+/// root such an image is refused in one line: whether it holds Windows is
+/// not known, so it must not go on to the Linux path as if it did not.
 pub fn probe(
     path: &Path,
     partition: Option<u32>,
@@ -117,25 +145,38 @@ pub fn probe(
     }
     let format =
         format::detect(&mut image).with_context(|| format!("reading the header of {display}"))?;
-    if format != ImageFormat::Raw && !nix::unistd::geteuid().is_root() {
-        // The NTFS reader does not yet read through the user-space block
-        // sources (imago): a non-raw image needs qemu-storage-daemon's view
-        // and a mount namespace, i.e. root. Without root, the image goes on
-        // to the Linux path, which reads it in user space or asks for root.
-        return Ok(None);
-    }
-    let (mut raw, raw_path, view) = if format == ImageFormat::Raw {
-        (image, path.to_path_buf(), None)
+    let disk = if writable {
+        Disk::through_view(path, image, format, allow_backing, true)?
     } else {
-        let layers = containment::layers(path, &image, format, allow_backing)?;
-        let view = RawView::start(&layers, writable)?;
-        let raw_path = view.path().to_path_buf();
-        let raw =
-            File::open(&raw_path).with_context(|| format!("opening the raw view of {display}"))?;
-        (raw, raw_path, Some(view))
+        let file = image
+            .try_clone()
+            .with_context(|| format!("opening image {display}"))?;
+        match super::userspace::block_source(path, file, format, allow_backing)? {
+            Ok(source) => Disk {
+                source,
+                raw_path: path.to_path_buf(),
+                view: None,
+            },
+            Err(why) if !nix::unistd::geteuid().is_root() => bail!(
+                "{display}: {}; reading it needs root (qemu-storage-daemon's view of the disk): run prepare-image as root",
+                why.0
+            ),
+            Err(_) => Disk::through_view(path, image, format, allow_backing, false)?,
+        }
     };
-    let found = find_system(&mut raw, &display, partition);
-    let (layout, kinds, chosen) = match found {
+    let Disk {
+        source,
+        raw_path,
+        view,
+    } = disk;
+    let found = find_system(&source, &display, partition).and_then(|found| match found {
+        Some((layout, kinds, chosen)) => {
+            let volume = NtfsVolume::open(partition_cursor(&source, &chosen)?)?;
+            Ok(Some((layout, kinds, chosen, volume)))
+        }
+        None => Ok(None),
+    });
+    let (layout, kinds, chosen, volume) = match found {
         Ok(Some(found)) => found,
         Ok(None) | Err(_) => {
             if let Some(view) = view {
@@ -144,21 +185,19 @@ pub fn probe(
             return found.map(|_| None);
         }
     };
-    let volume = NtfsVolume::open(partition_cursor(&raw, &chosen)?)?;
-    let virtual_size = raw.metadata()?.len();
     let info = ImageInfo {
         path: path.to_path_buf(),
         format,
         table: super::open::table_name(layout.table),
         partition: chosen.number,
         filesystem: "ntfs".to_string(),
-        virtual_size,
+        virtual_size: source.len(),
     };
     Ok(Some(WindowsImage {
         info,
         layout,
         kinds,
-        volume,
+        volume: Some(volume),
         partition: chosen,
         raw_path,
         view,
@@ -166,35 +205,83 @@ pub fn probe(
     }))
 }
 
-/// The partition `p` of the raw disk as a stream for the NTFS reader.
-fn partition_cursor(raw: &File, p: &Partition) -> Result<Cursor> {
-    let disk = Arc::new(FileSource::new(raw.try_clone()?)?);
-    Ok(Window::new(disk, p.offset, p.size)?.cursor())
+/// The disk as the guest sees it, and where a write reaches it: the image
+/// file itself (raw), or the file qemu-storage-daemon's view exports.
+struct Disk {
+    source: Arc<dyn BlockSource>,
+    raw_path: PathBuf,
+    view: Option<RawView>,
+}
+
+impl Disk {
+    /// The disk through qemu-storage-daemon's raw view (a raw image is its
+    /// own view), read by `pread` on the exported file.
+    fn through_view(
+        path: &Path,
+        image: File,
+        format: ImageFormat,
+        allow_backing: bool,
+        writable: bool,
+    ) -> Result<Disk> {
+        let display = path.display();
+        if format == ImageFormat::Raw {
+            return Ok(Disk {
+                source: Arc::new(FileSource::new(image)?),
+                raw_path: path.to_path_buf(),
+                view: None,
+            });
+        }
+        let layers = containment::layers(path, &image, format, allow_backing)?;
+        let view = RawView::start(&layers, writable)?;
+        let raw_path = view.path().to_path_buf();
+        let raw = File::open(&raw_path)
+            .and_then(FileSource::new)
+            .with_context(|| format!("opening the raw view of {display}"));
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                view.close()?;
+                return Err(e);
+            }
+        };
+        Ok(Disk {
+            source: Arc::new(raw),
+            raw_path,
+            view: Some(view),
+        })
+    }
+}
+
+/// The partition `p` of the disk as a stream for the NTFS reader.
+fn partition_cursor(disk: &Arc<dyn BlockSource>, p: &Partition) -> Result<Cursor> {
+    Ok(Window::new(disk.clone(), p.offset, p.size)?.cursor())
 }
 
 type Found = (Layout, Vec<(Partition, FsKind)>, Partition);
 
-fn find_system(raw: &mut File, display: &str, partition: Option<u32>) -> Result<Option<Found>> {
-    let size = raw.metadata()?.len();
-    let layout = partition::read_layout(raw, size).map_err(|e| anyhow!("{display}: {e}"))?;
-    let mut kinds = Vec::new();
-    for p in &layout.partitions {
-        let kind = fstype::detect(raw, p.offset)
-            .with_context(|| format!("reading partition {} of {display}", p.number))?;
-        kinds.push((p.clone(), kind));
-    }
+fn find_system(
+    disk: &Arc<dyn BlockSource>,
+    display: &str,
+    partition: Option<u32>,
+) -> Result<Option<Found>> {
+    let whole = Window::whole(disk.clone());
+    let layout = partition::read_layout(&mut whole.cursor(), disk.len())
+        .map_err(|e| anyhow!("{display}: {e}"))?;
+    let kinds = super::open::partition_kinds(&mut whole.cursor(), &layout, display)?;
     let mut systems = Vec::new();
     for (p, kind) in &kinds {
         if *kind != FsKind::Ntfs || partition.is_some_and(|n| n != p.number) {
             continue;
         }
-        // A partition the reader cannot open is not the system volume.
-        let Ok(mut volume) = NtfsVolume::open(partition_cursor(raw, p)?) else {
+        // A partition the reader cannot open (or that passes the end of
+        // the disk) is not the system volume.
+        let Ok(mut volume) = partition_cursor(disk, p).and_then(NtfsVolume::open) else {
             continue;
         };
         if volume.exists(SYSTEM_HIVE) {
             systems.push(p.clone());
         }
+        interrupt::check()?;
     }
     match systems.len() {
         0 => Ok(None),

@@ -44,7 +44,7 @@ fn conf_path(win: &mut WindowsImage, report: &RegistryReport) -> Option<String> 
     named
         .into_iter()
         .chain(installs.map(|d| format!("{d}/conf/cloudbase-init.conf")))
-        .find(|p| win.volume.exists(p) && !win.volume.is_dir(p))
+        .find(|p| win.volume().exists(p) && !win.volume().is_dir(p))
 }
 
 /// What is at a directory of the volume, for the conf checks.
@@ -87,7 +87,7 @@ pub struct Diagnosis {
 
 /// Reads a hive whole (capped), refusing one that is missing or too large.
 pub fn read_hive(win: &mut WindowsImage, path: &str) -> Result<Vec<u8>> {
-    match win.volume.read_prefix(path, MAX_HIVE)? {
+    match win.volume().read_prefix(path, MAX_HIVE)? {
         Some((bytes, len)) if len <= MAX_HIVE => Ok(bytes),
         Some((_, len)) => bail!(
             "{}: {path} is {len} bytes, more than the {MAX_HIVE} prepare-image reads",
@@ -127,28 +127,28 @@ pub fn diagnose(win: &mut WindowsImage, texts: &Texts) -> Result<Diagnosis> {
         &win.kinds,
     ));
     let drivers = win
-        .volume
+        .volume()
         .list_dir(image::DRIVERS_DIR, MAX_NAMES)?
         .unwrap_or_default();
     let store = win
-        .volume
+        .volume()
         .list_dir(image::DRIVER_STORE, MAX_NAMES)?
         .unwrap_or_default();
     findings.extend(image::check_virtio(texts, &drivers, &store));
     match conf_path(win, &report) {
         Some(path) => {
-            let text = match win.volume.read_prefix(&path, TEXT_LIMIT)? {
+            let text = match win.volume().read_prefix(&path, TEXT_LIMIT)? {
                 Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
                 None => String::new(),
             };
             let unattend = unattend_path(&path);
             {
-                let volume = RefCell::new(&mut win.volume);
+                let volume = RefCell::new(win.volume());
                 let probe = |dir: &Path| dir_state(&mut volume.borrow_mut(), dir);
                 findings.extend(conf::check_conf(texts, Path::new(&path), &text, &probe));
             }
-            if win.volume.exists(&unattend) && !win.volume.is_dir(&unattend) {
-                let text = match win.volume.read_prefix(&unattend, TEXT_LIMIT)? {
+            if win.volume().exists(&unattend) && !win.volume().is_dir(&unattend) {
+                let text = match win.volume().read_prefix(&unattend, TEXT_LIMIT)? {
                     Some((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
                     None => String::new(),
                 };
@@ -209,7 +209,7 @@ pub fn keep_files(win: &mut WindowsImage) -> Result<Vec<ConfFile>> {
     let unattend = unattend_path(&conf);
     let mut files = Vec::new();
     for path in [conf, unattend] {
-        if files.len() == 1 && (!win.volume.exists(&path) || win.volume.is_dir(&path)) {
+        if files.len() == 1 && (!win.volume().exists(&path) || win.volume().is_dir(&path)) {
             continue;
         }
         let text = read_text(win, &path)?;
@@ -224,7 +224,7 @@ pub fn keep_files(win: &mut WindowsImage) -> Result<Vec<ConfFile>> {
 /// A conf file's text, whole and UTF-8, or an error naming it.
 pub fn read_text(win: &mut WindowsImage, path: &str) -> Result<String> {
     let display = win.display();
-    match win.volume.read_prefix(path, TEXT_LIMIT)? {
+    match win.volume().read_prefix(path, TEXT_LIMIT)? {
         Some((bytes, len)) if len <= TEXT_LIMIT => String::from_utf8(bytes).map_err(|e| {
             anyhow::anyhow!(
                 "{display}: {path}: not UTF-8 (byte {}): save it as UTF-8 in Windows; \

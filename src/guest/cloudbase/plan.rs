@@ -198,30 +198,32 @@ pub fn plan(files: &[ConfFile], profiles: &[&WindowsProfile]) -> Result<WindowsP
             changes,
         });
     }
-    let states = |texts: Vec<&str>| -> Result<Vec<SettingState>> {
-        let confs: Vec<Conf> = files
-            .iter()
-            .zip(texts)
-            .map(|(f, text)| {
-                parse(&ConfFile {
-                    path: f.path.clone(),
-                    text: text.to_string(),
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(profiles
-            .iter()
-            .map(|p| setting_state(files, &confs, p))
-            .collect())
-    };
-    let before = states(file_plans.iter().map(|f| f.old_text.as_str()).collect())?;
-    let after = states(file_plans.iter().map(|f| f.new_text.as_str()).collect())?;
+    let edited: Vec<ConfFile> = file_plans
+        .iter()
+        .map(|f| ConfFile {
+            path: f.path.clone(),
+            text: f.new_text.clone(),
+        })
+        .collect();
+    let before = states(files, profiles)?;
+    let after = states(&edited, profiles)?;
     Ok(WindowsPlan {
         files: file_plans,
         warnings,
         before,
         after,
     })
+}
+
+/// Per profile, whether Cloudbase-Init keeps its setting at first boot
+/// with `files` as they are: what `status` shows, and a keep's before and
+/// after. Pure.
+pub fn states(files: &[ConfFile], profiles: &[&WindowsProfile]) -> Result<Vec<SettingState>> {
+    let confs: Vec<Conf> = files.iter().map(parse).collect::<Result<_>>()?;
+    Ok(profiles
+        .iter()
+        .map(|p| setting_state(files, &confs, p))
+        .collect())
 }
 
 /// Whether a profile's setting survives first boot: none of its plugins
