@@ -28,6 +28,20 @@ pub trait BlockSource: Send + Sync {
 }
 
 /// The error every source returns for a read past its end.
+/// Reads into `buf` until it is full or the reader ends; how many bytes were read.
+pub fn read_up_to<R: Read + ?Sized>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 pub fn past_end(offset: u64, wanted: usize, len: u64) -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,

@@ -1,7 +1,9 @@
 //! Disk image formats, told from the file's own header, never its name.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
+
+use super::block::read_up_to;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
@@ -92,15 +94,4 @@ pub fn detect(file: &mut File) -> std::io::Result<ImageFormat> {
         }
     }
     Ok(ImageFormat::Raw)
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }

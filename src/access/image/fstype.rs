@@ -190,15 +190,7 @@ fn read_at_most<R: Read + Seek + ?Sized>(
     buf: &mut [u8],
 ) -> io::Result<()> {
     file.seek(SeekFrom::Start(offset))?;
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let filled = super::block::read_up_to(file, buf)?;
     buf[filled..].fill(0);
     Ok(())
 }

@@ -156,6 +156,8 @@ const GPT_ENTRY_SIZE: u32 = 128;
 /// 128; this allows a 2 MiB array). Guards the allocation `gptman` makes
 /// from the header's count.
 const MAX_GPT_ENTRIES: u32 = 16384;
+/// The size gptman reads for each entry: its in-memory size, not the 128 bytes on disk.
+const GPT_ENTRY_IN_MEMORY: u32 = 152;
 
 /// MBR tables always use 512-byte sectors here: images with 4096-byte
 /// sectors use GPT in practice, and an MBR does not say its sector size.
@@ -357,26 +359,28 @@ fn read_gpt_copy<R: Read + Seek + ?Sized>(
             header.number_of_partition_entries
         )));
     }
-    let array_end = header
+    let array_len = u64::from(header.number_of_partition_entries) * u64::from(GPT_ENTRY_SIZE);
+    let array = header
         .partition_entry_lba
         .checked_mul(sector_size)
-        .and_then(|start| {
-            start.checked_add(
-                u64::from(header.number_of_partition_entries) * u64::from(GPT_ENTRY_SIZE),
-            )
-        });
-    if array_end.is_none_or(|end| end > image_size) {
+        .and_then(|start| Some((start, start.checked_add(array_len)?)));
+    let Some((array_start, array_end)) = array.filter(|&(_, end)| end <= image_size) else {
         return Err(CopyError::Bad(format!(
             "its partition entry array (sector {}) lies past the end of the image",
             header.partition_entry_lba
         )));
-    }
+    };
     // Checks the entry array's CRC32. gptman reads each entry as its size
     // in memory (152 bytes, not 128), so an array that ends at the very end
     // of the image is read past it: damage (the backup header belongs
     // there), not an I/O error (found by tests/container_fuzz.rs).
+    // It reads them one at a time, one pread each (256 for a usual table's
+    // two copies): the array is read ahead in one go (at most 2 MiB).
+    let over_read = u64::from(GPT_ENTRY_IN_MEMORY - GPT_ENTRY_SIZE);
+    let mut file = ReadAhead::new(file, array_start, image_size.min(array_end + over_read))
+        .map_err(CopyError::Io)?;
     let entries = header
-        .read_partitions(file, sector_size)
+        .read_partitions(&mut file, sector_size)
         .map_err(|e| match e {
             gptman::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 CopyError::Bad("its partition entry array runs to the very end of the image".into())
@@ -384,6 +388,63 @@ fn read_gpt_copy<R: Read + Seek + ?Sized>(
             e => e.into(),
         })?;
     Ok((header, entries))
+}
+
+/// A reader that serves one range from memory, read once, and everything
+/// else from the reader beneath, so the bytes read are the same either way.
+struct ReadAhead<'a, R: Read + Seek + ?Sized> {
+    inner: &'a mut R,
+    start: u64,
+    buffer: Vec<u8>,
+    position: u64,
+}
+
+impl<'a, R: Read + Seek + ?Sized> ReadAhead<'a, R> {
+    /// Reads `start..end` (the caller bounds its length) ahead.
+    fn new(inner: &'a mut R, start: u64, end: u64) -> io::Result<Self> {
+        let mut buffer = vec![0; usize::try_from(end.saturating_sub(start)).unwrap_or(0)];
+        inner.seek(SeekFrom::Start(start))?;
+        let filled = super::block::read_up_to(inner, &mut buffer)?;
+        buffer.truncate(filled);
+        Ok(ReadAhead {
+            inner,
+            start,
+            buffer,
+            position: start,
+        })
+    }
+}
+
+impl<R: Read + Seek + ?Sized> Read for ReadAhead<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = match self.position.checked_sub(self.start) {
+            Some(at) if at < self.buffer.len() as u64 => {
+                let ahead = &self.buffer[at as usize..];
+                let n = ahead.len().min(out.len());
+                out[..n].copy_from_slice(&ahead[..n]);
+                n
+            }
+            _ => {
+                self.inner.seek(SeekFrom::Start(self.position))?;
+                self.inner.read(out)?
+            }
+        };
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read + Seek + ?Sized> Seek for ReadAhead<'_, R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.position = match to {
+            SeekFrom::Start(at) => at,
+            SeekFrom::Current(by) => self.position.checked_add_signed(by).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+            })?,
+            SeekFrom::End(by) => self.inner.seek(SeekFrom::End(by))?,
+        };
+        Ok(self.position)
+    }
 }
 
 fn read_gpt<R: Read + Seek + ?Sized>(
