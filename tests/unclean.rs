@@ -870,3 +870,56 @@ fn ext4_every_name_reads_as_the_replayed_journal_leaves_it() {
 fn xfs_every_name_reads_as_the_replayed_log_leaves_it() {
     every_name_reads_as_replayed(Fs::Xfs);
 }
+
+/// `needs_recovery` over an empty journal (`s_start` 0), as a mount that ended before it wrote
+/// anything leaves it (a crash, or a kill of a run, right after mounting): the kernel's replay
+/// changes nothing, so the filesystem reads and writes as the clean one it is, for both journal
+/// kinds (ext4-view cannot load the old one, and did not need to).
+#[test]
+fn ext4_needs_recovery_over_an_empty_journal_reads_as_clean() {
+    let _serial = serial();
+    let scratch = Scratch::new();
+    for fs in [Fs::Ext4, Fs::Ext4OldJournal] {
+        let name = format!("{fs:?}-flag").to_lowercase();
+        let image = clean_image(scratch.dir.path(), &name, fs);
+        let img = path_str(&image);
+        let clean = scratch.run(&["status", "--format", "json", img]);
+        assert_eq!(clean.code, Some(0), "{fs:?}: {clean:?}");
+        {
+            let device = attach(&image, fs, true);
+            run(
+                "debugfs",
+                &["-w", "-R", "feature needs_recovery", &device.path],
+            );
+            let header = run("dumpe2fs", &["-h", &device.path]);
+            assert!(
+                header
+                    .lines()
+                    .any(|l| l.starts_with("Filesystem features:") && l.contains("needs_recovery"))
+                    && header
+                        .lines()
+                        .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                            == ["Journal", "start:", "0"]),
+                "{fs:?}: the premise: {header}"
+            );
+        }
+        let before = sha256(&image);
+        for out in [
+            scratch.run_unprivileged(&["status", "--format", "json", img]),
+            scratch.run(&["status", "--format", "json", img]),
+            run_kernel_read(&scratch, &["status", "--format", "json", img]),
+        ] {
+            assert_eq!(out.code, Some(0), "{fs:?}: {out:?}");
+            assert_eq!(settings(&out), settings(&clean), "{fs:?}");
+        }
+        assert_eq!(sha256(&image), before, "{fs:?}: a read changed the image");
+
+        let out = scratch.run(&["--keep", KEEP, img]);
+        assert_eq!(out.code, Some(0), "{fs:?}: {out:?}");
+        let check = scratch.run(&["--keep", KEEP, "--check", img]);
+        assert_eq!(check.code, Some(0), "{fs:?}: {check:?}");
+        let device = attach(&image, fs, false);
+        run("e2fsck", &["-fn", &device.path]);
+    }
+    assert!(scratch.processes().is_empty(), "{:?}", scratch.processes());
+}

@@ -50,7 +50,15 @@ impl std::fmt::Debug for Ext4Fs {
     }
 }
 
-struct Source(Window);
+/// The partition as `ext4-view` reads it; `superblock`, when set, is read in place of the one
+/// on disk (see `Ext4Fs::load`).
+struct Source {
+    window: Window,
+    superblock: Option<Vec<u8>>,
+}
+
+/// Where the primary superblock lies in the partition.
+const SUPERBLOCK_AT: u64 = 1024;
 
 impl Ext4Read for Source {
     fn read(
@@ -58,7 +66,19 @@ impl Ext4Read for Source {
         start_byte: u64,
         dst: &mut [u8],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        self.0.read_at(dst, start_byte).map_err(Into::into)
+        self.window.read_at(dst, start_byte)?;
+        if let Some(sb) = &self.superblock {
+            let end = start_byte.saturating_add(dst.len() as u64);
+            let sb_end = SUPERBLOCK_AT + sb.len() as u64;
+            let from = start_byte.max(SUPERBLOCK_AT);
+            let to = end.min(sb_end);
+            if from < to {
+                dst[(from - start_byte) as usize..(to - start_byte) as usize].copy_from_slice(
+                    &sb[(from - SUPERBLOCK_AT) as usize..(to - SUPERBLOCK_AT) as usize],
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -102,8 +122,16 @@ fn ext4_path(path: &Path) -> io::Result<ext4_view::Path<'_>> {
 impl Ext4Fs {
     /// Loads the superblock, group descriptors and journal (replayed in memory).
     pub fn load(window: Window) -> io::Result<Ext4Fs> {
+        // `needs_recovery` over an empty journal (a mount that ended before writing anything)
+        // is read as the kernel's no-op replay leaves it: without the flag, whose journal
+        // `ext4-view` would otherwise load, and may refuse, for nothing.
+        // (What cannot be read here, ext4-view reads and reports itself.)
+        let superblock = crate::access::image::unclean::ext_stale_recovery_flag(|buf, at| {
+            window.read_at(buf, at)
+        })
+        .unwrap_or(None);
         guarded("loading ext4", || {
-            Ext4::load(Box::new(Source(window)))
+            Ext4::load(Box::new(Source { window, superblock }))
                 .map(|fs| Ext4Fs {
                     state: Arc::new(Mutex::new(State {
                         fs,

@@ -30,6 +30,29 @@ const EXT_COMPAT_HAS_JOURNAL: u32 = 0x4;
 /// crash; the kernel replays the journal when it sees it.
 const EXT_INCOMPAT_RECOVER: u32 = 0x4;
 
+/// The ext superblock's size, and where it keeps the fields the journal check reads.
+const EXT_SUPERBLOCK_SIZE: usize = 1024;
+const EXT_FIRST_DATA_BLOCK_AT: usize = 0x14;
+const EXT_LOG_BLOCK_SIZE_AT: usize = 0x18;
+const EXT_INODES_PER_GROUP_AT: usize = 0x28;
+const EXT_INODE_SIZE_AT: usize = 0x58;
+const EXT_RO_COMPAT_AT: usize = 0x64;
+const EXT_JOURNAL_INUM_AT: usize = 0xe0;
+const EXT_DESC_SIZE_AT: usize = 0xfe;
+const EXT_CHECKSUM_AT: usize = 0x3fc;
+const EXT_INCOMPAT_64BIT: u32 = 0x80;
+const EXT_RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+/// The inode's flags and its 60-byte block map (an extent tree when `EXTENTS_FL`).
+const INODE_FLAGS_AT: usize = 0x20;
+const INODE_BLOCK_AT: usize = 0x28;
+const INODE_EXTENTS_FL: u32 = 0x8_0000;
+const EXTENT_MAGIC: u16 = 0xf30a;
+/// How deep an extent tree may be (the kernel's limit), so a crafted one cannot loop.
+const MAX_EXTENT_DEPTH: u16 = 5;
+/// The jbd2 superblock: big-endian magic, and `s_start` (0: nothing to replay).
+const JBD2_MAGIC: u32 = 0xc03b_3998;
+const JBD2_START_AT: usize = 0x1c;
+
 /// btrfs: the primary superblock's place, its magic and the tree-log root's offset in it.
 const BTRFS_SUPERBLOCK: u64 = 0x1_0000;
 const BTRFS_MAGIC_AT: usize = 0x40;
@@ -45,9 +68,11 @@ pub fn replay_pending(
 ) -> io::Result<Option<bool>> {
     match kind {
         FsKind::Ext { .. } => {
-            let mut sb = [0u8; EXT_INCOMPAT_AT + 4];
+            let mut sb = [0u8; EXT_SUPERBLOCK_SIZE];
             read_at(&mut sb, EXT_SUPERBLOCK)?;
-            Ok(Some(ext_needs_recovery(&sb)))
+            Ok(Some(
+                ext_needs_recovery(&sb) && !ext_journal_is_empty(&sb, &read_at)?,
+            ))
         }
         FsKind::Btrfs => {
             let mut sb = [0u8; BTRFS_LOG_ROOT_AT + 8];
@@ -68,6 +93,153 @@ fn ext_needs_recovery(sb: &[u8]) -> bool {
     magic == EXT_MAGIC
         && le32(sb, EXT_COMPAT_AT) & EXT_COMPAT_HAS_JOURNAL != 0
         && le32(sb, EXT_INCOMPAT_AT) & EXT_INCOMPAT_RECOVER != 0
+}
+
+fn le16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+/// Whether the journal of the ext filesystem whose superblock is `sb` holds nothing to replay
+/// (its own superblock's `s_start` is 0): `needs_recovery` is then left over from a mount that
+/// ended before it wrote anything (a crash, or a kill, right after mounting), and the kernel's
+/// replay changes nothing. A journal this cannot find or read is taken as holding changes.
+fn ext_journal_is_empty(
+    sb: &[u8],
+    read_at: &impl Fn(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<bool> {
+    Ok(ext_journal_first_block(sb, read_at)?
+        .map(|at| {
+            let mut head = [0u8; JBD2_START_AT + 4];
+            read_at(&mut head, at)?;
+            let be32 = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("four"));
+            Ok::<_, io::Error>(be32(0) == JBD2_MAGIC && be32(JBD2_START_AT) == 0)
+        })
+        .transpose()?
+        .unwrap_or(false))
+}
+
+/// The byte offset of the journal's first block (its superblock), from the journal inode's
+/// block map or extent tree; None where the superblock or the inode does not add up.
+fn ext_journal_first_block(
+    sb: &[u8],
+    read_at: &impl Fn(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<Option<u64>> {
+    let log_block_size = le32(sb, EXT_LOG_BLOCK_SIZE_AT);
+    let inodes_per_group = le32(sb, EXT_INODES_PER_GROUP_AT);
+    let inode_size = u64::from(le16(sb, EXT_INODE_SIZE_AT));
+    let journal = le32(sb, EXT_JOURNAL_INUM_AT);
+    if log_block_size > 6 || inodes_per_group == 0 || inode_size < 128 || journal == 0 {
+        return Ok(None);
+    }
+    let block_size = 1024u64 << log_block_size;
+    let wide = le32(sb, EXT_INCOMPAT_AT) & EXT_INCOMPAT_64BIT != 0;
+    let desc_size = if wide {
+        u64::from(le16(sb, EXT_DESC_SIZE_AT))
+    } else {
+        32
+    };
+    if desc_size < 32 || desc_size > block_size {
+        return Ok(None);
+    }
+    // The group descriptor table follows the superblock's block.
+    let group = u64::from((journal - 1) / inodes_per_group);
+    let index = u64::from((journal - 1) % inodes_per_group);
+    let table = (u64::from(le32(sb, EXT_FIRST_DATA_BLOCK_AT)) + 1) * block_size;
+    let mut desc = vec![0u8; desc_size as usize];
+    read_at(&mut desc, table + group * desc_size)?;
+    let mut inode_table = u64::from(le32(&desc, 0x8));
+    if desc_size >= 64 {
+        inode_table |= u64::from(le32(&desc, 0x28)) << 32;
+    }
+    let mut inode = [0u8; INODE_BLOCK_AT + 60];
+    let Some(at) = inode_table
+        .checked_mul(block_size)
+        .and_then(|t| t.checked_add(index * inode_size))
+    else {
+        return Ok(None);
+    };
+    read_at(&mut inode, at)?;
+    let first = if le32(&inode, INODE_FLAGS_AT) & INODE_EXTENTS_FL == 0 {
+        // ext3's block map: the first direct block.
+        Some(u64::from(le32(&inode, INODE_BLOCK_AT)))
+    } else {
+        // The extent tree, down its first entries to the leaf mapping logical block 0.
+        let mut node = inode[INODE_BLOCK_AT..].to_vec();
+        let mut depth_left = MAX_EXTENT_DEPTH;
+        loop {
+            if le16(&node, 0) != EXTENT_MAGIC || le16(&node, 2) == 0 || node.len() < 24 {
+                break None;
+            }
+            let entry = &node[12..24];
+            if le16(&node, 6) == 0 {
+                let start = u64::from(le32(entry, 8)) | (u64::from(le16(entry, 6)) << 32);
+                break (le32(entry, 0) == 0).then_some(start);
+            }
+            if depth_left == 0 {
+                break None;
+            }
+            depth_left -= 1;
+            let leaf = u64::from(le32(entry, 4)) | (u64::from(le16(entry, 8)) << 32);
+            let mut next = vec![0u8; block_size as usize];
+            let Some(at) = leaf.checked_mul(block_size) else {
+                break None;
+            };
+            read_at(&mut next, at)?;
+            node = next;
+        }
+    };
+    Ok(first
+        .filter(|&b| b != 0)
+        .and_then(|b| b.checked_mul(block_size)))
+}
+
+/// The superblock `sb` as the kernel leaves it after replaying an empty journal: without
+/// `needs_recovery`, its checksum (with `metadata_csum`) made again. None when the stored
+/// checksum is not the one this computes (then nothing is patched).
+pub fn ext_superblock_without_recovery(sb: &[u8]) -> Option<Vec<u8>> {
+    if sb.len() != EXT_SUPERBLOCK_SIZE {
+        return None;
+    }
+    let mut patched = sb.to_vec();
+    let incompat = le32(sb, EXT_INCOMPAT_AT) & !EXT_INCOMPAT_RECOVER;
+    patched[EXT_INCOMPAT_AT..EXT_INCOMPAT_AT + 4].copy_from_slice(&incompat.to_le_bytes());
+    if le32(sb, EXT_RO_COMPAT_AT) & EXT_RO_COMPAT_METADATA_CSUM != 0 {
+        if crc32c_raw(!0, &sb[..EXT_CHECKSUM_AT]) != le32(sb, EXT_CHECKSUM_AT) {
+            return None;
+        }
+        let sum = crc32c_raw(!0, &patched[..EXT_CHECKSUM_AT]);
+        patched[EXT_CHECKSUM_AT..].copy_from_slice(&sum.to_le_bytes());
+    }
+    Some(patched)
+}
+
+/// Whether this ext superblock is one whose `needs_recovery` an empty journal leaves: read
+/// through `read_at`, the patched superblock to read it with (see
+/// [`ext_superblock_without_recovery`]).
+pub fn ext_stale_recovery_flag(
+    read_at: impl Fn(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut sb = [0u8; EXT_SUPERBLOCK_SIZE];
+    read_at(&mut sb, EXT_SUPERBLOCK)?;
+    if !ext_needs_recovery(&sb) || !ext_journal_is_empty(&sb, &read_at)? {
+        return Ok(None);
+    }
+    Ok(ext_superblock_without_recovery(&sb))
+}
+
+/// CRC32C as ext4 keeps it (no final inversion), bit by bit: it runs on one superblock.
+fn crc32c_raw(mut crc: u32, bytes: &[u8]) -> u32 {
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
 }
 
 /// `sb`: the btrfs superblock's first bytes (through `log_root`).
@@ -115,6 +287,30 @@ pub const KERNEL_READ_DOES_NOT_REPLAY: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32c_is_castagnolis_without_the_final_inversion() {
+        // The standard check value of CRC-32C over "123456789" is 0xe3069283.
+        assert_eq!(!crc32c_raw(!0, b"123456789"), 0xe306_9283);
+    }
+
+    #[test]
+    fn a_superblock_whose_checksum_does_not_add_up_is_not_patched() {
+        let mut sb = vec![0u8; EXT_SUPERBLOCK_SIZE];
+        sb[EXT_RO_COMPAT_AT..EXT_RO_COMPAT_AT + 4]
+            .copy_from_slice(&EXT_RO_COMPAT_METADATA_CSUM.to_le_bytes());
+        sb[EXT_INCOMPAT_AT..EXT_INCOMPAT_AT + 4]
+            .copy_from_slice(&EXT_INCOMPAT_RECOVER.to_le_bytes());
+        assert_eq!(ext_superblock_without_recovery(&sb), None);
+        let sum = crc32c_raw(!0, &sb[..EXT_CHECKSUM_AT]);
+        sb[EXT_CHECKSUM_AT..].copy_from_slice(&sum.to_le_bytes());
+        let patched = ext_superblock_without_recovery(&sb).unwrap();
+        assert_eq!(le32(&patched, EXT_INCOMPAT_AT), 0);
+        assert_eq!(
+            le32(&patched, EXT_CHECKSUM_AT),
+            crc32c_raw(!0, &patched[..EXT_CHECKSUM_AT])
+        );
+    }
 
     /// A partition of zeros with `bytes` written at `at`.
     fn partition_with(at: u64, bytes: &[u8]) -> impl Fn(&mut [u8], u64) -> io::Result<()> {
