@@ -49,7 +49,9 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use common_fuzz::{Recording, Rng, crc32};
-use common_images::{MIB, copy_into, partition as write_table, path_str, run, sparse_file};
+use common_images::{
+    MIB, ext4_from, gpt_disk_around, partition as write_table, path_str, run, sparse_file,
+};
 use common_readers::walk_all;
 use prepare_image::access::fs::reader_for;
 use prepare_image::access::image::block::{BlockSource, Window};
@@ -700,29 +702,9 @@ fn seed_disk(dir: &Path) -> PathBuf {
     common_readers::put(&tree, "var/noise", &noise);
     common_readers::put(&tree, "var/text", &b"a line that compresses\n".repeat(9000));
     let fs = dir.join("root.ext4");
-    sparse_file(&fs, 5 * MIB);
-    run(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-d",
-            path_str(&tree),
-            path_str(&fs),
-        ],
-    );
+    ext4_from(&tree, &fs, 5 * MIB);
     let disk = dir.join("disk.raw");
-    sparse_file(&disk, 8 * MIB);
-    write_table(
-        &disk,
-        "label: gpt\n\
-         start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=\"bios\"\n\
-         start=4096, size=10240, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"root\"\n",
-        512,
-    );
-    copy_into(&disk, 2 * MIB, &fs);
+    gpt_disk_around(&disk, &fs);
     disk
 }
 

@@ -316,26 +316,14 @@ fn clean_never_follows_a_link_out_of_the_root() {
 
 #[test]
 fn doctor_and_clean_find_an_image_root_without_cloud_cfg_by_os_release() {
-    use common_images::{MIB, gpt_disk_around, path_str, sha256, sparse_file};
+    use common_images::{MIB, ext4_from, gpt_disk_around, sha256};
     let dir = tempfile::tempdir().unwrap();
     // A root without cloud-init, with a previous instance's state.
     let content = dir.path().join("content");
     write(&content, "etc/os-release", "ID=debian\n");
     write(&content, "var/lib/cloud/data/instance-id", "ins-1\n");
     let fs_file = dir.path().join("root.fs");
-    sparse_file(&fs_file, 32 * MIB);
-    common_images::run(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-d",
-            path_str(&content),
-            path_str(&fs_file),
-        ],
-    );
+    ext4_from(&content, &fs_file, 32 * MIB);
     let image = dir.path().join("disk.img");
     gpt_disk_around(&image, &fs_file);
     let before = sha256(&image);

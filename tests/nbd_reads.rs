@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common_images::{MIB, Scratch, gpt_disk_around, path_str, run, sha256, sparse_file};
+use common_images::{MIB, Scratch, ext4_from, gpt_disk_around, path_str, run, sha256};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -35,19 +35,7 @@ fn guest_disk(ctx: &Scratch) -> std::path::PathBuf {
     )
     .unwrap();
     let fs = ctx.path("root.fs");
-    sparse_file(&fs, 48 * MIB);
-    run(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-d",
-            path_str(&tree),
-            path_str(&fs),
-        ],
-    );
+    ext4_from(&tree, &fs, 48 * MIB);
     let image = ctx.path("disk.img");
     gpt_disk_around(&image, &fs);
     image

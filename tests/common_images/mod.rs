@@ -346,6 +346,24 @@ impl TestFs {
     }
 }
 
+/// An ext4 filesystem of `size` bytes in a new sparse file `file`, holding
+/// the directory `tree` (`mke2fs -d`).
+pub fn ext4_from(tree: &Path, file: &Path, size: u64) {
+    sparse_file(file, size);
+    run(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-d",
+            path_str(tree),
+            path_str(file),
+        ],
+    );
+}
+
 /// A GPT image holding `fs` in partition 2, after a 1 MiB BIOS boot
 /// partition 1: returns the image's path. Partition 2 starts at 2 MiB.
 pub fn gpt_image_with(dir: &Path, fs: TestFs) -> PathBuf {
